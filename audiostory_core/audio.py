@@ -1,0 +1,111 @@
+"""Stage 4, decode and stitch: VAE decode, trim to durations, resample, crossfade, write.
+
+Reference: trim each clip to ``int(seconds * 44100)`` samples, resample to 32 kHz, then join with a
+3 s linear crossfade (``smooth_concatenate`` of the official script: fade-out 1->0 and fade-in 0->1
+with ``linspace`` including both ends, hard join when a piece is shorter than the fade).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .errors import InputError
+from .progress import Hooks, as_hooks
+
+CROSSFADES = ("linear", "equal_power")
+
+
+@torch.no_grad()
+def decode_clips(vae, latents: torch.Tensor, seconds: Sequence[float], hooks: Optional[Hooks] = None,
+                 chunk: int = 1) -> list[torch.Tensor]:
+    """Decode ``[E, T, 64]`` latents clip by clip and trim each to its duration: list of [C, S] fp32 CPU."""
+    hooks = as_hooks(hooks)
+    sr = int(vae.config.sampling_rate)
+    dtype = next(vae.parameters()).dtype
+    dev = next(vae.parameters()).device
+    out = []
+    e = latents.shape[0]
+    for i in range(0, e, chunk):
+        hooks.check()
+        z = latents[i:i + chunk].transpose(2, 1).to(dev, dtype)
+        wav = vae.decode(z).sample.float().cpu()
+        for j in range(wav.shape[0]):
+            out.append(wav[j, :, : int(seconds[i + j] * sr)])
+        hooks.report("decode", min(i + chunk, e), e)
+    return out
+
+
+def resample(wave: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
+    if orig_sr == target_sr:
+        return wave
+    import torchaudio.functional as AF
+
+    return AF.resample(wave, orig_sr, target_sr)
+
+
+def crossfade_concat(clips: Sequence[torch.Tensor], sample_rate: int, seconds: float = 3.0,
+                     curve: str = "linear") -> torch.Tensor:
+    """Join clips [C, S] with a crossfade of ``seconds``; total = sum(len) - (n-1) * fade samples."""
+    if curve not in CROSSFADES:
+        raise InputError(f"crossfade curve must be one of {CROSSFADES}, got {curve!r}")
+    if seconds < 0:
+        raise InputError("crossfade must be >= 0 s")
+    if not clips:
+        return torch.empty(0, dtype=torch.float32)
+    proc = [c.unsqueeze(0) if c.dim() == 1 else c for c in clips]
+    proc = [c.to(torch.float32) for c in proc]
+    n = max(0, int(seconds * sample_rate))
+    result = proc[0]
+    if n == 0:
+        return torch.cat(proc, dim=1)
+    for nxt in proc[1:]:
+        if result.shape[1] < n or nxt.shape[1] < n:
+            result = torch.cat([result, nxt], dim=1)
+            continue
+        if curve == "linear":
+            fade_out = torch.linspace(1.0, 0.0, n).unsqueeze(0)
+            fade_in = torch.linspace(0.0, 1.0, n).unsqueeze(0)
+        else:  # equal power keeps loudness constant for uncorrelated material
+            t = torch.linspace(0.0, 1.0, n).unsqueeze(0) * (math.pi / 2)
+            fade_out, fade_in = torch.cos(t), torch.sin(t)
+        merged = result[:, -n:] * fade_out + nxt[:, :n] * fade_in
+        result = torch.cat([result[:, :-n], merged, nxt[:, n:]], dim=1)
+    return result
+
+
+def write_audio(path: str | Path, wave: torch.Tensor, sample_rate: int, fmt: Optional[str] = None) -> Path:
+    """Write [C, S] float audio atomically (temp file + rename): WAV float32 or FLAC 24-bit."""
+    import soundfile as sf
+
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".") or "wav").lower()
+    if fmt not in ("wav", "flac"):
+        raise InputError(f"Unsupported audio format {fmt!r}; use wav or flac.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = wave.detach().cpu().float().numpy().T
+    tmp = path.with_name(path.name + ".part")
+    try:
+        if fmt == "wav":
+            sf.write(str(tmp), data, sample_rate, subtype="FLOAT", format="WAV")
+        else:
+            sf.write(str(tmp), data.clip(-1, 1), sample_rate, subtype="PCM_24", format="FLAC")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_audio(path: str | Path) -> tuple[torch.Tensor, int]:
+    """Read an audio file to ([C, S] float32, sample_rate) with a clear error for corrupt files."""
+    import soundfile as sf
+
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise InputError(f"Cannot read audio file {path}: {e}") from e
+    return torch.from_numpy(data.T.copy()), int(sr)

@@ -1,0 +1,270 @@
+"""The AudioStory token grammar: added vocabulary, prompt template and transcript parsing.
+
+Everything here mirrors the official code (TencentARC/AudioStory @ 899d4f9): the 612 added
+tokens in the key order of ``tokenizer/added_tokens.json``, the Qwen chat template that ends
+with ``<|think|>``, and the event layout
+
+    <|gen|> caption <timestamp>d</timestamp> <t5> q_0..q_{N-1} </t5> <aud> r_0..r_{M-1} </aud> <|/gen|>
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+T5_OPEN, T5_CLOSE, T5_QUERY = "<t5>", "</t5>", "<t5_{:05d}>"
+AUD_OPEN, AUD_CLOSE, AUD_QUERY = "<aud>", "</aud>", "<aud_{:05d}>"
+GEN_OPEN, GEN_CLOSE = "<|gen|>", "<|/gen|>"
+THINK_OPEN, THINK_CLOSE = "<|think|>", "<|/think|>"
+TS_OPEN, TS_CLOSE = "<timestamp>", "</timestamp>"
+VIDEO_PAD = "<video_padding>"
+
+MAX_T5_QUERIES = 100
+MAX_AUD_QUERIES = 501
+
+
+def added_tokens() -> list[str]:
+    """The 612 AudioStory tokens in the key order of the official ``added_tokens.json``.
+
+    The ids written in that file are wrong (duplicates, beyond the vocabulary); only the order
+    matters, because ``tokenizer.add_tokens`` assigns ids sequentially.
+    """
+    return (
+        [T5_CLOSE, VIDEO_PAD, TS_OPEN, TS_CLOSE, T5_OPEN]
+        + [T5_QUERY.format(i) for i in range(MAX_T5_QUERIES)]
+        + [AUD_OPEN, AUD_CLOSE]
+        + [AUD_QUERY.format(i) for i in range(MAX_AUD_QUERIES)]
+        + [GEN_OPEN, GEN_CLOSE, THINK_OPEN, THINK_CLOSE]
+    )
+
+
+# Offsets of the named tokens from the first added id (151665 for the real Qwen2.5 tokenizer).
+_OFFSETS = {T5_CLOSE: 0, VIDEO_PAD: 1, TS_OPEN: 2, TS_CLOSE: 3, T5_OPEN: 4,
+            AUD_OPEN: 105, AUD_CLOSE: 106, GEN_OPEN: 608, GEN_CLOSE: 609,
+            THINK_OPEN: 610, THINK_CLOSE: 611}
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Ids of the grammar tokens for one tokenizer, plus the query counts N and M."""
+
+    base: int
+    n_semantic: int
+    n_residual: int
+    eos: tuple[int, ...] = ()
+
+    def _id(self, tok: str) -> int:
+        return self.base + _OFFSETS[tok]
+
+    @property
+    def t5_open(self) -> int: return self._id(T5_OPEN)
+    @property
+    def t5_close(self) -> int: return self._id(T5_CLOSE)
+    @property
+    def aud_open(self) -> int: return self._id(AUD_OPEN)
+    @property
+    def aud_close(self) -> int: return self._id(AUD_CLOSE)
+    @property
+    def gen_open(self) -> int: return self._id(GEN_OPEN)
+    @property
+    def gen_close(self) -> int: return self._id(GEN_CLOSE)
+    @property
+    def think_open(self) -> int: return self._id(THINK_OPEN)
+    @property
+    def think_close(self) -> int: return self._id(THINK_CLOSE)
+    @property
+    def ts_open(self) -> int: return self._id(TS_OPEN)
+    @property
+    def ts_close(self) -> int: return self._id(TS_CLOSE)
+
+    def semantic_block(self) -> list[int]:
+        """[<t5>, q_0 .. q_{N-1}, </t5>] as the official logits processor encodes it."""
+        return [self.t5_open] + [self.base + 5 + i for i in range(self.n_semantic)] + [self.t5_close]
+
+    def residual_block(self) -> list[int]:
+        """[<aud>, r_0 .. r_{M-1}, </aud>]."""
+        return [self.aud_open] + [self.base + 107 + i for i in range(self.n_residual)] + [self.aud_close]
+
+
+def expected_ids(base: int) -> dict[str, int]:
+    """The ids every AudioStory tokenizer must give (checked at load time)."""
+    return {tok: base + off for tok, off in _OFFSETS.items()}
+
+
+# ---------------------------------------------------------------- prompt
+SYSTEM_MESSAGE = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+USER_TURN = "<|im_start|>user\n{instruction}<|im_end|>\n"
+ASSISTANT_START = "<|im_start|>assistant\n" + THINK_OPEN
+
+# The lead phrases of evaluate/inference.py (GEN_PROMPT_ALL), in order.
+LEAD_PHRASES = (
+    "Create a long-form audio composition that explores ",
+    "I'd like an extended audio track with rich details of ",
+    "Craft an immersive soundscape that slowly unfolds ",
+    "Please produce a comprehensive recording capturing every aspect of ",
+    "Generate a detailed, drawn-out audio that brings to life ",
+    "Let's design a textured audio piece highlighting the nuances of ",
+    "Kindly fashion a lengthy audio journey through ",
+    "Devise a long-form audio narrative of ",
+    "Develop a gradually developing audio with meticulous attention to ",
+    "Imagine and produce a vivid audio experience of ",
+    "Construct a detailed soundscape that tells the story of ",
+    "Please generate a sustained audio track filled with ",
+    "Produce an in-depth, multi-layered audio that portrays ",
+    "Design a descriptive audio capturing the essence of ",
+    "Create a nuanced, extended audio that conveys ",
+    "I'd like to commission a long-form audio depicting ",
+    "Fashion a richly detailed audio recording of ",
+    "Propose a detailed, immersive audio that showcases ",
+    "Generate an elaborate audio piece focusing on ",
+    "Develop a comprehensive audio that fully represents ",
+)
+
+
+def lead_phrase(choice: str | int | None, seed: int = 0) -> str:
+    """Resolve a lead-phrase choice.
+
+    ``None``/"none" gives no lead phrase (the instruction verbatim, as ``evaluate_long_audio.py``
+    does); "random" reproduces ``inference.py`` (``random.seed(seed); random.choice``), and an int
+    picks one phrase by index.
+    """
+    if choice is None or choice == "none":
+        return ""
+    if choice == "random":
+        return random.Random(seed).choice(LEAD_PHRASES)
+    idx = int(choice)
+    if not 0 <= idx < len(LEAD_PHRASES):
+        raise ValueError(f"lead phrase index must be 0..{len(LEAD_PHRASES) - 1}, got {idx}")
+    return LEAD_PHRASES[idx]
+
+
+def format_total_duration(total: float) -> str:
+    """The official code formats the total as a Python float: 50 -> '50.0'."""
+    return str(float(total))
+
+
+def build_instruction(description: str, total_duration: float, lead: str = "") -> str:
+    whole = (lead + description).strip()
+    return f"{whole} The total duration is {format_total_duration(total_duration)} seconds."
+
+
+def build_prompt(instruction: str) -> str:
+    """System + user turn + ``<|im_start|>assistant\\n<|think|>``, encoded without special tokens."""
+    return SYSTEM_MESSAGE + USER_TURN.format_map({"instruction": instruction}) + ASSISTANT_START
+
+
+# ---------------------------------------------------------------- captions
+def split_caption(text: str) -> tuple[str, float | None]:
+    """Split a caption span into (text outside <timestamp>..</timestamp>, duration or None).
+
+    Same rule as ``extract_content_and_duration`` in the official inference script.
+    """
+    start, end = text.find(TS_OPEN), text.find(TS_CLOSE)
+    if start == -1 or end == -1 or end < start:
+        return text.strip(), None
+    content = (text[:start] + text[end + len(TS_CLOSE):]).strip()
+    dur = text[start + len(TS_OPEN):end].strip()
+    try:
+        return content, (float(dur) if dur else None)
+    except ValueError:
+        return content, None
+
+
+def format_duration(d: float) -> str:
+    """Seconds as written inside <timestamp>: shortest float form, at most 2 decimals."""
+    return str(round(float(d), 2))
+
+
+def render_caption(caption: str, duration: float, template: str | None = None) -> str:
+    """Caption span text for an (edited) event.
+
+    When the original span is given and still describes the same caption, only the number inside
+    the timestamp changes, so the layout the LLM chose (tag before or after the text) is kept.
+    """
+    if template is not None:
+        old_caption, old_dur = split_caption(template)
+        s, e = template.find(TS_OPEN), template.find(TS_CLOSE)
+        if old_caption == caption.strip() and s != -1 and e > s:
+            if old_dur is not None and float(old_dur) == float(duration):
+                return template
+            return template[: s + len(TS_OPEN)] + format_duration(duration) + template[e:]
+    return f"{caption.strip()} {TS_OPEN}{format_duration(duration)}{TS_CLOSE}"
+
+
+@dataclass
+class ParsedEvent:
+    """One event located in a generated transcript (indices into the generated ids)."""
+
+    index: int
+    gen_pos: int               # position of <|gen|>
+    t5_open_pos: int           # position of <t5>
+    t5_close_pos: int          # position of </t5>
+    aud_close_pos: int         # position of </aud>
+    end_pos: int               # exclusive end of the event span (after </aud> and <|/gen|> if present)
+    text: str                  # caption span text (between <|gen|> and <t5>)
+    caption: str
+    duration: float | None
+
+
+@dataclass
+class ParsedTranscript:
+    reasoning: str
+    events: list[ParsedEvent]
+    problems: list[str] = field(default_factory=list)
+
+
+def parse_transcript(ids: Sequence[int], tok: TokenIds, decode) -> ParsedTranscript:
+    """Find reasoning and well-formed events in generated ids.
+
+    Unlike the official parser (which pairs the i-th ``<|gen|>``, ``</t5>`` and ``</aud>`` and
+    drops the whole story on any mismatch), each event is validated on its own: a malformed or
+    truncated event is reported in ``problems`` and skipped, and the valid ones are kept. For
+    well-formed transcripts the result equals the official parse.
+    """
+    ids = list(ids)
+    problems: list[str] = []
+    n, m = tok.n_semantic, tok.n_residual
+    sem_block, res_block = tok.semantic_block(), tok.residual_block()
+
+    if tok.think_close in ids:
+        reasoning = decode(ids[: ids.index(tok.think_close)])
+    else:
+        first = ids.index(tok.gen_open) if tok.gen_open in ids else len(ids)
+        reasoning = decode(ids[:first])
+        problems.append("no <|/think|> after the reasoning")
+
+    gen_positions = [i for i, t in enumerate(ids) if t == tok.gen_open]
+    if not gen_positions:
+        problems.append("no event (<|gen|>) was generated")
+    events: list[ParsedEvent] = []
+    for k, g in enumerate(gen_positions):
+        stop = gen_positions[k + 1] if k + 1 < len(gen_positions) else len(ids)
+        span = ids[g:stop]
+        label = f"event {k + 1}"
+        try:
+            o = span.index(tok.t5_open)
+        except ValueError:
+            problems.append(f"{label}: no <t5> block (truncated or malformed); skipped")
+            continue
+        if span[o:o + n + 2] != sem_block:
+            problems.append(f"{label}: semantic block is not <t5> + {n} queries + </t5>; skipped")
+            continue
+        a = o + n + 2
+        if span[a:a + m + 2] != res_block:
+            problems.append(f"{label}: residual block is not <aud> + {m} queries + </aud>; skipped")
+            continue
+        end = a + m + 2
+        if end < len(span) and span[end] == tok.gen_close:
+            end += 1
+        text = decode(span[1:o])
+        caption, duration = split_caption(text)
+        if duration is None:
+            problems.append(f"{label}: no valid <timestamp>seconds</timestamp> in {text!r}; skipped")
+            continue
+        if duration <= 0:
+            problems.append(f"{label}: duration {duration} s is not positive; skipped")
+            continue
+        events.append(ParsedEvent(index=len(events), gen_pos=g, t5_open_pos=g + o,
+                                  t5_close_pos=g + o + n + 1, aud_close_pos=g + a + m + 1,
+                                  end_pos=g + end, text=text, caption=caption, duration=duration))
+    return ParsedTranscript(reasoning=reasoning, events=events, problems=problems)

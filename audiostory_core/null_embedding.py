@@ -1,0 +1,102 @@
+"""The classifier-free-guidance negative: flan-t5 encoding of the empty string, padded to N tokens.
+
+It depends only on N, the T5 weights and the dtype, so it is computed once and cached as
+safetensors next to the weights (or in a user cache folder when the model folder is read-only);
+later runs never load T5.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+
+from .errors import ModelFilesError
+from .weights import T5_PREFIX
+
+CACHE_ENV = "AUDIOSTORY_CACHE"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def cache_name(n_tokens: int, dtype: torch.dtype) -> str:
+    return f"null_embedding_n{n_tokens}_{_dtype_name(dtype)}.safetensors"
+
+
+def fingerprint(paths: list[Path]) -> str:
+    h = hashlib.sha1()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_dirs(weights_dir: Path) -> list[Path]:
+    user = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "audiostory"))
+    return [weights_dir, user / fingerprint([weights_dir])]
+
+
+def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
+                           t5_weights: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+    """T5(""), ``padding="max_length"`` to N with its attention mask: shape [1, N, d_model]."""
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(t5_dir))
+        config = T5Config.from_pretrained(str(t5_dir))
+    except Exception as e:
+        raise ModelFilesError(f"Cannot load the T5 tokenizer/config from {t5_dir}: {e}. "
+                              "It is google/flan-t5-large (only used for the CFG negative).") from e
+    if t5_weights:
+        # The official Flux_T5 loads T5 from text_encoder_name, then pytorch_model.bin overwrites it.
+        model = T5EncoderModel(config)
+        state = {k[len(T5_PREFIX):]: v for k, v in t5_weights.items() if k.startswith(T5_PREFIX)}
+        from .weights import strict_load
+        strict_load(model, state, f"T5 encoder weights ({T5_PREFIX}*)", torch.float32, assign=False)
+    else:
+        try:
+            model = T5EncoderModel.from_pretrained(str(t5_dir), torch_dtype=torch.float32)
+        except Exception as e:
+            raise ModelFilesError(f"Cannot load the T5 encoder weights from {t5_dir}: {e}") from e
+    model = model.to(dtype).eval()
+    batch = tokenizer([""], max_length=n_tokens, padding="max_length", truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
+    return out.detach().clone()
+
+
+def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch.dtype,
+                    t5_weights: Optional[Mapping[str, torch.Tensor]] = None,
+                    sources: Optional[list[Path]] = None) -> tuple[torch.Tensor, Path | None]:
+    """Return the cached null embedding, computing and caching it on first use."""
+    from safetensors.torch import load_file, save_file
+
+    fp = fingerprint(sources or [t5_dir])
+    name = cache_name(n_tokens, dtype)
+    for d in cache_dirs(weights_dir):
+        f = d / name
+        if f.is_file():
+            try:
+                data = load_file(str(f))
+                from safetensors import safe_open
+                with safe_open(str(f), "pt") as fh:
+                    meta = fh.metadata() or {}
+                if meta.get("fingerprint") == fp and "null_embedding" in data:
+                    return data["null_embedding"], f
+            except Exception:
+                pass  # unreadable cache: recompute
+    emb = compute_null_embedding(t5_dir, n_tokens, dtype, t5_weights)
+    for d in cache_dirs(weights_dir):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / (name + ".tmp")
+            save_file({"null_embedding": emb.contiguous()}, str(tmp), metadata={"fingerprint": fp})
+            os.replace(tmp, d / name)
+            return emb, d / name
+        except OSError:
+            continue
+    return emb, None

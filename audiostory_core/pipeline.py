@@ -1,0 +1,134 @@
+"""The text-to-long-audio pipeline as composable stages: plan -> event tokens -> sample -> decode."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .audio import crossfade_concat, decode_clips, resample
+from .config import ModelPaths, locate
+from .errors import InputError, PlanError
+from .event_tokens import EventTokens, clip_seconds, event_tokens
+from .loading import AudioStoryModels, load_models
+from .plan import PlanResult, StoryPlan, generate_plan
+from .progress import Hooks, as_hooks
+from .sampling import sample_latents
+
+HOP = 2048
+REFERENCE_SAMPLE_RATE = 32000
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: Optional[str], device: torch.device) -> torch.dtype:
+    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32  # official runs fp16 on GPU
+    if dtype not in names:
+        raise InputError(f"dtype must be one of auto, fp32, fp16, bf16; got {dtype!r}")
+    return names[dtype]
+
+
+@dataclass
+class StoryAudio:
+    plan: StoryPlan
+    tokens: EventTokens
+    latents: torch.Tensor          # [E, T, 64] before the VAE
+    audio: torch.Tensor            # [C, S] the whole story
+    clips: list[torch.Tensor]      # per event, trimmed and resampled
+    sample_rate: int
+    problems: list[str] = field(default_factory=list)
+
+
+class AudioStoryPipeline:
+    """Holds the loaded models and runs the stages. Every stage takes optional :class:`Hooks`."""
+
+    def __init__(self, models: AudioStoryModels):
+        self.models = models
+
+    @classmethod
+    def from_pretrained(cls, root: Union[str, Path, ModelPaths], device: Optional[str] = None,
+                        dtype: Optional[str] = None, **overrides) -> "AudioStoryPipeline":
+        dev = resolve_device(device)
+        paths = root if isinstance(root, ModelPaths) else locate(root, **overrides)
+        return cls(load_models(paths, resolve_dtype(dtype, dev), dev))
+
+    # ------------------------------------------------------------ limits
+    @property
+    def max_clip_seconds(self) -> float:
+        """Longest clip the DiT renders: audio_seq_len latent frames of 2048 samples."""
+        sr = int(self.models.vae.config.sampling_rate) if self.models.vae is not None else 44100
+        return self.models.flux_config.audio_seq_len * HOP / sr
+
+    def check_durations(self, durations: list[float], crossfade: float) -> list[str]:
+        """Problems with clip lengths; the official code truncates silently, here it is reported."""
+        out = []
+        for i, s in enumerate(clip_seconds(durations, crossfade)):
+            if s > self.max_clip_seconds:
+                out.append(f"event {i + 1}: {s:.2f} s (with crossfade tail) exceeds the "
+                           f"{self.max_clip_seconds:.2f} s a clip can hold; it will be cut short")
+        clips = clip_seconds(durations, crossfade)
+        for i in range(1, len(clips)):
+            if crossfade > 0 and (clips[i] < crossfade or clips[i - 1] < crossfade):
+                out.append(f"event {i + 1}: a clip is shorter than the {crossfade:g} s crossfade, so it is "
+                           "joined without overlap (official rule); the story gets longer than planned")
+        return out
+
+    # ------------------------------------------------------------ stages
+    def plan(self, description: str, total_duration: float, max_new_tokens: Optional[int] = None,
+             lead: str = "", hooks: Optional[Hooks] = None) -> PlanResult:
+        return generate_plan(self.models.planner, description, total_duration, lead=lead,
+                             max_new_tokens=max_new_tokens, hooks=hooks)
+
+    def tokens(self, plan: Union[StoryPlan, PlanResult], hooks: Optional[Hooks] = None) -> EventTokens:
+        if isinstance(plan, PlanResult):
+            return event_tokens(self.models.planner, plan.plan, plan, hooks)
+        return event_tokens(self.models.planner, plan, None, hooks)
+
+    def sample(self, tokens: EventTokens, *, crossfade: float = 3.0, steps: int = 50, guidance: float = 4.0,
+               noise: str = "seeded", seed: int = 0, sampler: str = "euler",
+               hooks: Optional[Hooks] = None) -> torch.Tensor:
+        return sample_latents(self.models.dit, tokens.fused, self.models.null_embedding,
+                              clip_seconds(tokens.durations, crossfade), steps=steps, guidance=guidance,
+                              noise=noise, seed=seed, sampler=sampler, hooks=hooks)
+
+    def decode(self, latents: torch.Tensor, durations: list[float], *, crossfade: float = 3.0,
+               sample_rate: int = REFERENCE_SAMPLE_RATE, curve: str = "linear",
+               hooks: Optional[Hooks] = None) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        vae = self.models.vae
+        sr_vae = int(vae.config.sampling_rate)
+        sr = sr_vae if sample_rate in (None, 0) else int(sample_rate)
+        clips = decode_clips(vae, latents, clip_seconds(durations, crossfade), hooks)
+        clips = [resample(c, sr_vae, sr) for c in clips]
+        return crossfade_concat(clips, sr, crossfade, curve), clips, sr
+
+    def generate(self, description: str = "", total_duration: float = 0.0, *, plan: Optional[StoryPlan] = None,
+                 steps: int = 50, guidance: float = 4.0, seed: int = 0, noise: str = "seeded",
+                 sampler: str = "euler", sample_rate: int = REFERENCE_SAMPLE_RATE, crossfade: float = 3.0,
+                 curve: str = "linear", max_new_tokens: Optional[int] = None, lead: str = "",
+                 hooks: Optional[Hooks] = None) -> StoryAudio:
+        hooks = as_hooks(hooks)
+        if plan is None:
+            result = self.plan(description, total_duration, max_new_tokens, lead, hooks)
+            story = result.plan
+            source: Union[StoryPlan, PlanResult] = result
+        else:
+            story = plan
+            source = plan
+        if not story.events:
+            raise PlanError("The plan has no usable event. " + "; ".join(story.problems))
+        problems = list(story.problems) + self.check_durations(story.durations, crossfade)
+        toks = self.tokens(source, hooks)
+        lat = self.sample(toks, crossfade=crossfade, steps=steps, guidance=guidance, noise=noise, seed=seed,
+                          sampler=sampler, hooks=hooks)
+        audio, clips, sr = self.decode(lat, story.durations, crossfade=crossfade, sample_rate=sample_rate,
+                                       curve=curve, hooks=hooks)
+        return StoryAudio(plan=story, tokens=toks, latents=lat, audio=audio, clips=clips, sample_rate=sr,
+                          problems=problems)

@@ -1,0 +1,305 @@
+"""Stage 1, plan: greedy decoding of the story (reasoning + timed events) with the official grammar.
+
+The loop reproduces ``llm.generate(do_sample=False)`` of the official code step for step:
+repetition penalty from ``generation_config.json`` first, then the two query-token logits
+processors (force the next query inside a block with ``max + 10``; outside, set the block's
+tokens to 0.0: weak suppression, exactly as released), then argmax; stop at an EOS id or after
+``max_new_tokens``. Hidden states after the final norm are kept for every fed token, so the
+event tokens of an unedited plan come straight from generation.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .errors import InputError, PlanError
+from .grammar import (TokenIds, build_instruction, build_prompt, parse_transcript, render_caption,
+                      split_caption)
+from .progress import Hooks, as_hooks
+
+PLAN_FORMAT = "audiostory-plan/1"
+
+
+@dataclass
+class StoryEvent:
+    caption: str
+    duration: float
+    text: Optional[str] = None            # caption span as generated, timestamp tag included
+    span: Optional[list[int]] = None      # [start, end) of the event in transcript_ids
+
+
+@dataclass
+class StoryPlan:
+    """Reasoning plus timed events; JSON-serialisable and editable."""
+
+    instruction: str
+    reasoning: str
+    events: list[StoryEvent]
+    total_duration: Optional[float] = None
+    transcript_ids: list[int] = field(default_factory=list)   # generated ids (prompt excluded)
+    problems: list[str] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d = {"format": PLAN_FORMAT, **d}
+        return d
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: Any, max_event_seconds: Optional[float] = None) -> "StoryPlan":
+        if not isinstance(d, dict):
+            raise PlanError("A plan must be a JSON object with 'instruction', 'reasoning' and 'events'.")
+        fmt = d.get("format", PLAN_FORMAT)
+        if fmt != PLAN_FORMAT:
+            raise PlanError(f"Unknown plan format {fmt!r}; expected {PLAN_FORMAT!r}.")
+        events_in = d.get("events")
+        if not isinstance(events_in, list) or not events_in:
+            raise PlanError("'events' must be a non-empty list of {\"caption\": str, \"duration\": seconds}.")
+        events = []
+        for i, e in enumerate(events_in):
+            where = f"events[{i}]"
+            if not isinstance(e, dict):
+                raise PlanError(f"{where} must be an object with 'caption' and 'duration'.")
+            cap = e.get("caption")
+            if not isinstance(cap, str) or not cap.strip():
+                raise PlanError(f"{where}.caption must be a non-empty string.")
+            dur = e.get("duration")
+            if isinstance(dur, bool) or not isinstance(dur, (int, float)):
+                raise PlanError(f"{where}.duration must be a number of seconds, got {dur!r}.")
+            if not dur > 0:
+                raise PlanError(f"{where}.duration must be > 0 s, got {dur}.")
+            if max_event_seconds is not None and dur > max_event_seconds:
+                raise PlanError(f"{where}.duration {dur} s is longer than one clip can hold "
+                                f"({max_event_seconds:.2f} s); split the event in two.")
+            span = e.get("span")
+            if span is not None and not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)):
+                raise PlanError(f"{where}.span must be [start, end] or absent.")
+            text = e.get("text")
+            events.append(StoryEvent(caption=cap.strip(), duration=float(dur),
+                                     text=text if isinstance(text, str) else None, span=span))
+        ids = d.get("transcript_ids") or []
+        if not isinstance(ids, list) or not all(isinstance(x, int) for x in ids):
+            raise PlanError("'transcript_ids' must be a list of token ids (or be left out).")
+        instr = d.get("instruction", "")
+        reasoning = d.get("reasoning", "")
+        if not isinstance(instr, str) or not isinstance(reasoning, str):
+            raise PlanError("'instruction' and 'reasoning' must be strings.")
+        total = d.get("total_duration")
+        return cls(instruction=instr, reasoning=reasoning, events=events,
+                   total_duration=float(total) if isinstance(total, (int, float)) else None,
+                   transcript_ids=list(ids), problems=list(d.get("problems") or []))
+
+    @classmethod
+    def from_json(cls, text: str, max_event_seconds: Optional[float] = None) -> "StoryPlan":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"Plan JSON is invalid at line {e.lineno}, column {e.colno}: {e.msg}.") from e
+        return cls.from_dict(d, max_event_seconds)
+
+    @property
+    def durations(self) -> list[float]:
+        return [e.duration for e in self.events]
+
+    def text(self) -> str:
+        """Human-readable transcript (reasoning + events), as streamed on the node."""
+        lines = [self.reasoning.strip(), ""]
+        lines += [f"{i + 1}. [{e.duration:g} s] {e.caption}" for i, e in enumerate(self.events)]
+        return "\n".join(lines)
+
+
+@dataclass
+class PlanResult:
+    plan: StoryPlan
+    prompt_ids: list[int]
+    hidden: Optional[torch.Tensor] = None   # [len(transcript)-?, H] last-layer states of fed generated tokens
+
+
+def validate_instruction(description: str, total_duration: float, max_total: float = 600.0) -> None:
+    if not isinstance(description, str) or not description.strip():
+        raise InputError("The instruction is empty. Describe the story, e.g. "
+                         "'A fire truck leaves the station with sirens blaring and drives away.'")
+    if not (total_duration > 0) or total_duration > max_total:
+        raise InputError(f"Total duration must be in (0, {max_total:g}] seconds, got {total_duration}.")
+
+
+def prompt_ids_for(tokenizer, instruction: str) -> list[int]:
+    return tokenizer.encode(build_prompt(instruction), add_special_tokens=False)
+
+
+def _apply_processors(scores: torch.Tensor, last: int, sem_block: list[int], res_block: list[int]) -> None:
+    """The official AutoT5/AutoAudio token processors, in that order (in place, batch of one)."""
+    for block in (sem_block, res_block):
+        if last in block[:-1]:
+            nxt = block[block.index(last) + 1]
+            scores[0, nxt] = scores[0].max() + 10.0
+        else:
+            scores[0, block[1:]] = 0.0
+
+
+def _repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """``RepetitionPenaltyLogitsProcessor``: divide positive, multiply negative logits of seen ids."""
+    if penalty == 1.0:
+        return scores
+    s = torch.gather(scores, 1, seen)
+    s = torch.where(s < 0, s * penalty, s / penalty)
+    return scores.scatter(1, seen, s)
+
+
+@torch.no_grad()
+def generate_plan(planner, description: str, total_duration: float, *, lead: str = "",
+                  max_new_tokens: Optional[int] = None, keep_hidden: bool = True,
+                  hooks: Optional[Hooks] = None) -> PlanResult:
+    """Decode a story plan greedily. ``description`` is the user's text; the official
+    sentence " The total duration is {float} seconds." is appended."""
+    hooks = as_hooks(hooks)
+    validate_instruction(description, total_duration)
+    tok, ids = planner.tokenizer, planner.ids
+    instruction = build_instruction(description, total_duration, lead)
+    prompt = prompt_ids_for(tok, instruction)
+    limit = int(max_new_tokens if max_new_tokens is not None else planner.generation.max_new_tokens)
+    if limit < 1:
+        raise InputError("max_new_tokens must be at least 1.")
+    llm = planner.llm
+    dev = planner.device
+    eos = set(planner.generation.eos_token_ids)
+    penalty = planner.generation.repetition_penalty
+    sem_block, res_block = ids.semantic_block(), ids.residual_block()
+
+    from transformers import DynamicCache
+
+    seq = torch.tensor([prompt], device=dev)
+    cache = DynamicCache()
+    out = llm.model(input_ids=seq, past_key_values=cache, use_cache=True)
+    h = out.last_hidden_state
+    generated: list[int] = []
+    states: list[torch.Tensor] = []
+    streamed = ""
+    for step in range(limit):
+        hooks.check()
+        logits = llm.lm_head(h[:, -1:, :]).float()[:, -1, :]
+        logits = _repetition_penalty(logits, seq, penalty)
+        _apply_processors(logits, int(seq[0, -1]), sem_block, res_block)
+        nxt = int(torch.argmax(logits, dim=-1))
+        generated.append(nxt)
+        hooks.report("plan", step + 1, limit)
+        if hooks.text is not None and nxt not in sem_block[1:] and nxt not in res_block[1:]:
+            streamed = tok.decode(generated)
+            hooks.emit(streamed)
+        if nxt in eos:
+            break
+        if step + 1 == limit:
+            break
+        seq = torch.cat([seq, torch.tensor([[nxt]], device=dev)], dim=1)
+        out = llm.model(input_ids=seq[:, -1:], past_key_values=cache, use_cache=True)
+        h = out.last_hidden_state
+        if keep_hidden:
+            states.append(h[0, -1].clone())
+    hidden = torch.stack(states) if states else None
+    plan = plan_from_transcript(tok, ids, instruction, generated, total_duration)
+    return PlanResult(plan=plan, prompt_ids=prompt, hidden=hidden)
+
+
+def plan_from_transcript(tokenizer, ids: TokenIds, instruction: str, generated: list[int],
+                         total_duration: Optional[float] = None) -> StoryPlan:
+    parsed = parse_transcript(generated, ids, tokenizer.decode)
+    events = []
+    gens = [e.gen_pos for e in parsed.events]
+    for k, e in enumerate(parsed.events):
+        events.append(StoryEvent(caption=e.caption, duration=float(e.duration), text=e.text,
+                                 span=[e.gen_pos, e.end_pos]))
+    return StoryPlan(instruction=instruction, reasoning=parsed.reasoning, events=events,
+                     total_duration=total_duration, transcript_ids=list(generated), problems=parsed.problems)
+
+
+# ---------------------------------------------------------------- teacher forcing
+@dataclass
+class ForcedSequence:
+    """Token ids to feed for teacher forcing and where each event's queries sit."""
+
+    ids: list[int]                 # prompt + transcript
+    semantic_pos: list[list[int]]  # per event, the N input positions of <t5_k>
+    residual_pos: list[list[int]]
+    reused: bool                   # True when the generated transcript was reused verbatim
+
+
+def _event_is_unedited(ev: StoryEvent, transcript: list[int], tok, ids: TokenIds) -> bool:
+    if ev.span is None or ev.text is None:
+        return False
+    s, e = ev.span
+    if not (0 <= s < e <= len(transcript)) or transcript[s] != ids.gen_open:
+        return False
+    span = transcript[s:e]
+    if ids.t5_open not in span:
+        return False
+    text = tok.decode(span[1:span.index(ids.t5_open)])
+    if text != ev.text:
+        return False
+    cap, dur = split_caption(text)
+    return cap == ev.caption and dur is not None and float(dur) == float(ev.duration)
+
+
+def forced_sequence(tokenizer, ids: TokenIds, plan: StoryPlan, prompt: list[int]) -> ForcedSequence:
+    """Build the teacher-forcing input for a (possibly edited or hand-written) plan.
+
+    An unedited plan reuses its generated ids verbatim, so its states equal the ones captured during
+    generation. Edited events are re-tokenized as ``<|gen|> caption <timestamp>d</timestamp>`` followed
+    by the forced query blocks and ``<|/gen|>``.
+    """
+    tr = plan.transcript_ids
+    think = tr.index(ids.think_close) if ids.think_close in tr else None
+    flags = [_event_is_unedited(e, tr, tokenizer, ids) for e in plan.events]
+    spans_ok = all(flags) and all(plan.events[i].span[1] <= plan.events[i + 1].span[0]
+                                  for i in range(len(plan.events) - 1))
+    reasoning_ok = think is not None and tokenizer.decode(tr[:think]) == plan.reasoning
+    if spans_ok and reasoning_ok:
+        body = tr[: plan.events[-1].span[1]]
+        reused = True
+    else:
+        if reasoning_ok:
+            first_gen = plan.events[0].span[0] if flags[0] else (tr.index(ids.gen_open) if ids.gen_open in tr else think + 1)
+            body = tr[:first_gen]
+        else:
+            body = tokenizer.encode(plan.reasoning, add_special_tokens=False) + [ids.think_close]
+        for ev, ok in zip(plan.events, flags):
+            if ok:
+                s, e = ev.span
+                span = tr[s:e]
+            else:
+                text = render_caption(ev.caption, ev.duration, ev.text)
+                span = ([ids.gen_open] + tokenizer.encode(text, add_special_tokens=False)
+                        + ids.semantic_block() + ids.residual_block() + [ids.gen_close])
+            body = body + span
+        reused = False
+    full = list(prompt) + list(body)
+    sem, res = [], []
+    n, m = ids.n_semantic, ids.n_residual
+    p = len(prompt)
+    # Event starts: the <|gen|> of each event in order (unedited spans reuse the generated positions).
+    cursor = p
+    for _ in plan.events:
+        g = full.index(ids.gen_open, cursor)
+        o = full.index(ids.t5_open, g)
+        if full[o:o + n + 2] != ids.semantic_block():
+            g2 = g
+            raise PlanError(f"internal: malformed semantic block at {g2}")
+        a = o + n + 2
+        sem.append(list(range(o + 1, o + 1 + n)))
+        res.append(list(range(a + 1, a + 1 + m)))
+        cursor = a + m + 2
+    if reused:
+        # Unedited but possibly with skipped (broken) events in between: take the recorded spans.
+        sem, res = [], []
+        for ev in plan.events:
+            g = p + ev.span[0]
+            o = full.index(ids.t5_open, g)
+            a = o + n + 2
+            sem.append(list(range(o + 1, o + 1 + n)))
+            res.append(list(range(a + 1, a + 1 + m)))
+    return ForcedSequence(ids=full, semantic_pos=sem, residual_pos=res, reused=reused)

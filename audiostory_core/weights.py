@@ -1,0 +1,190 @@
+"""Strict, explicit mapping from the official ``pytorch_model.bin`` to plain modules.
+
+The official loader drops every missing or mis-shaped key silently (``strict=False``); here every
+expected tensor must be found with the right shape, and every key of the checkpoint must be used
+or belong to a known, unused component. Otherwise :class:`WeightsMismatchError` names the keys.
+
+LoRA is merged at load time (``W + alpha/r * B @ A``) so the LLM is a plain ``transformers``
+Qwen2 model. Both peft key layouts are accepted: peft 0.4.0 (``q_proj.weight``, as vendored by the
+official repo) and current peft (``q_proj.base_layer.weight``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+from .config import LoraSpec
+from .errors import ModelFilesError, WeightsMismatchError
+
+LLM_PREFIX = "seedx.llm.base_model.model."
+HEAD_PREFIXES = {"seedx.projector.": "projector.", "seedx.audio_projector.": "audio_projector.",
+                 "multihead_attention.": "multihead_attention."}
+DIT_PREFIXES = {"tangoflux.transformer.": "transformer.", "tangoflux.fc.": "fc.",
+                "tangoflux.duration_emebdder.": "duration_embedder."}  # official typo 'emebdder'
+T5_PREFIX = "tangoflux.text_encoder."
+# Trained modules that text-to-audio never runs. They are accepted (and reported) but not loaded.
+UNUSED_PREFIXES = ("seedx.input_resampler.", "seedx.output_resampler.", "seedx.whisper_resampler_llava.")
+
+
+def load_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """``torch.load`` with ``weights_only`` and ``mmap`` so a 12 GB file is paged, not copied."""
+    if not path.is_file():
+        raise ModelFilesError(f"Checkpoint {path} is missing. It comes from TencentARC/AudioStory-3B "
+                              f"and goes into {path.parent}/.")
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as e:  # corrupt, truncated or not a checkpoint at all
+        raise ModelFilesError(f"Cannot read checkpoint {path}: {e}. The file is corrupt or truncated; "
+                              "download it again.") from e
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelFilesError(f"{path} is not a flat state dict of tensors.")
+    return dict(sd)
+
+
+class SafetensorsDir:
+    """Lazy access to the (possibly sharded) safetensors of a Hugging Face model folder."""
+
+    def __init__(self, folder: Path):
+        from safetensors import safe_open
+
+        self.folder = folder
+        self._files: dict[str, Path] = {}
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            for k, f in json.loads(index.read_text())["weight_map"].items():
+                self._files[k] = folder / f
+        elif (folder / "model.safetensors").is_file():
+            with safe_open(str(folder / "model.safetensors"), "pt") as fh:
+                for k in fh.keys():
+                    self._files[k] = folder / "model.safetensors"
+        self._open = safe_open
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._files
+
+    def get(self, key: str) -> torch.Tensor:
+        with self._open(str(self._files[key]), "pt") as fh:
+            return fh.get_tensor(key)
+
+
+def _is_saved_module(module: str, modules_to_save: Iterable[str]) -> bool:
+    # peft matches modules_to_save by suffix: 'norm' also catches every '*layernorm'.
+    return any(module.endswith(t) for t in modules_to_save)
+
+
+def llm_state_dict(ckpt: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], lora: LoraSpec,
+                   dtype: torch.dtype, base_dir: Optional[Path] = None, tied: bool = True,
+                   source: str = "pytorch_model.bin") -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Build a merged Qwen2 state dict from the peft-wrapped checkpoint keys.
+
+    ``expected`` maps plain ``transformers`` keys to shapes. Frozen base weights are taken from the
+    checkpoint when present, otherwise from the base model folder ``base_dir``. Returns the state
+    dict and the set of checkpoint keys consumed.
+    """
+    base = SafetensorsDir(base_dir) if base_dir is not None else None
+    out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+    wrong: list[str] = []
+    P = LLM_PREFIX
+
+    def fetch(cands: list[str], hf_key: str, shape: torch.Size, allow_base: bool) -> Optional[torch.Tensor]:
+        for c in cands:
+            if c in ckpt:
+                used.add(c)
+                t = ckpt[c]
+                if tuple(t.shape) != tuple(shape):
+                    wrong.append(f"{c}: checkpoint {tuple(t.shape)} vs model {tuple(shape)}")
+                    return None
+                return t
+        if allow_base and base is not None and hf_key in base:
+            t = base.get(hf_key)
+            if tuple(t.shape) != tuple(shape):
+                wrong.append(f"{base.folder}/{hf_key}: {tuple(t.shape)} vs model {tuple(shape)}")
+                return None
+            return t
+        missing.append(cands[0])
+        return None
+
+    for key, shape in expected.items():
+        module, leaf = key.rsplit(".", 1)
+        short = module.split(".")[-1]
+        if key == "lm_head.weight" and tied and P + key not in ckpt:
+            continue  # tied to embed_tokens; tie_weights() restores it
+        if _is_saved_module(module, lora.modules_to_save):
+            t = fetch([f"{P}{module}.modules_to_save.default.{leaf}"], key, shape, allow_base=False)
+            used.update(k for k in (f"{P}{module}.original_module.{leaf}",) if k in ckpt)
+        elif short in lora.target_modules:
+            t = fetch([P + key, f"{P}{module}.base_layer.{leaf}"], key, shape, allow_base=True)
+            if t is not None and leaf == "weight":
+                a_key, b_key = f"{P}{module}.lora_A.default.weight", f"{P}{module}.lora_B.default.weight"
+                if a_key not in ckpt or b_key not in ckpt:
+                    missing.extend(k for k in (a_key, b_key) if k not in ckpt)
+                    t = None
+                else:
+                    a, b = ckpt[a_key], ckpt[b_key]
+                    used.update((a_key, b_key))
+                    if a.shape != (lora.r, shape[1]) or b.shape != (shape[0], lora.r):
+                        wrong.append(f"{a_key}/{b_key}: {tuple(a.shape)}/{tuple(b.shape)} vs r={lora.r}")
+                        t = None
+                    else:
+                        t = t.float() + lora.scaling * (b.float() @ a.float())
+        else:
+            # embed_tokens / lm_head are resized and trained: they must come from the checkpoint.
+            trained = module in ("model.embed_tokens", "lm_head")
+            t = fetch([P + key], key, shape, allow_base=not trained)
+        if t is not None:
+            out[key] = t.to(dtype)
+
+    unexpected = sorted(k for k in ckpt if k.startswith("seedx.llm.") and k not in used)
+    if missing or unexpected or wrong:
+        raise WeightsMismatchError(
+            f"LLM weights in {source}", missing, unexpected, wrong,
+            hint="The LLM part must hold the LoRA (lora_A/lora_B), the modules_to_save norm copies and the "
+                 "resized embed_tokens of the AudioStory release; frozen base weights may come from the "
+                 "Qwen2.5 folder instead.")
+    return out, used
+
+
+def remap(ckpt: Mapping[str, torch.Tensor], prefixes: Mapping[str, str]) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """Rename checkpoint keys by prefix (explicitly, so every rename is visible here)."""
+    out, used = {}, set()
+    for k, t in ckpt.items():
+        for src, dst in prefixes.items():
+            if k.startswith(src):
+                out[dst + k[len(src):]] = t
+                used.add(k)
+                break
+    return out, used
+
+
+def strict_load(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, dtype: torch.dtype,
+                hint: str = "", assign: bool = True, key_prefix: str = "") -> None:
+    """``load_state_dict(strict=True)`` with a readable error naming every bad key."""
+    expected = module.state_dict()
+    missing = sorted(key_prefix + k for k in expected if k not in state)
+    unexpected = sorted(key_prefix + k for k in state if k not in expected)
+    wrong = sorted(f"{key_prefix}{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                   for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape))
+    if missing or unexpected or wrong:
+        raise WeightsMismatchError(source, missing, unexpected, wrong, hint)
+    cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    module.load_state_dict(cast, strict=True, assign=assign)
+
+
+def check_leftovers(ckpt: Mapping[str, torch.Tensor], used: set[str], source: str) -> list[str]:
+    """Every checkpoint key must be used or belong to a known unused module; returns the unused groups."""
+    known = UNUSED_PREFIXES + (T5_PREFIX,)
+    unexpected = sorted(k for k in ckpt if k not in used and not k.startswith(known))
+    if unexpected:
+        raise WeightsMismatchError(source, [], unexpected, [],
+                                   hint="These keys belong to no AudioStory module; is this the right checkpoint?")
+    return sorted({p for p in UNUSED_PREFIXES for k in ckpt if k.startswith(p)})
