@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .errors import PlanError
-from .plan import PlanResult, StoryPlan, forced_sequence, prompt_ids_for
+from .plan import PlanResult, PromptContext, StoryPlan, embed_prompt, forced_sequence, prompt_ids_for
 from .progress import Hooks, as_hooks
 
 
@@ -32,16 +32,18 @@ def clip_seconds(durations: list[float], crossfade: float) -> list[float]:
 
 
 @torch.no_grad()
-def teacher_forced_states(planner, plan: StoryPlan, hooks: Optional[Hooks] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_forced_states(planner, plan: StoryPlan, hooks: Optional[Hooks] = None,
+                          context: Optional[PromptContext] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-encode the plan's transcript in one forward pass; returns [E,N,H], [E,M,H] states."""
     hooks = as_hooks(hooks)
     if not plan.events:
         raise PlanError("The plan has no events to render.")
-    prompt = prompt_ids_for(planner.tokenizer, plan.instruction)
+    prompt = context.prompt_ids if context is not None else prompt_ids_for(planner.tokenizer, plan.instruction)
     seq = forced_sequence(planner.tokenizer, planner.ids, plan, prompt)
     hooks.check()
     ids = torch.tensor([seq.ids], device=planner.device)
-    h = planner.llm.model(input_ids=ids, use_cache=False).last_hidden_state[0]
+    emb = embed_prompt(planner.llm, ids, context)
+    h = planner.llm.model(inputs_embeds=emb, use_cache=False).last_hidden_state[0]
     hooks.report("tokens", 1, 1)
     sem = torch.stack([h[p] for p in seq.semantic_pos])
     res = torch.stack([h[p] for p in seq.residual_pos])
@@ -69,7 +71,7 @@ def generated_states(result: PlanResult, planner) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def event_tokens(planner, plan: StoryPlan, generated: Optional[PlanResult] = None,
-                 hooks: Optional[Hooks] = None) -> EventTokens:
+                 hooks: Optional[Hooks] = None, context: Optional[PromptContext] = None) -> EventTokens:
     """Project and fuse the query states of every event of ``plan``.
 
     When ``generated`` is the unedited result of :func:`generate_plan`, its captured states are
@@ -78,7 +80,7 @@ def event_tokens(planner, plan: StoryPlan, generated: Optional[PlanResult] = Non
     if generated is not None and generated.plan is plan and generated.hidden is not None:
         sem_h, res_h = generated_states(generated, planner)
     else:
-        sem_h, res_h = teacher_forced_states(planner, plan, hooks)
+        sem_h, res_h = teacher_forced_states(planner, plan, hooks, context)
     sem, res = planner.heads.project(sem_h, res_h)
     fused = planner.heads.fuse(sem, res)
     return EventTokens(semantic=sem, residual=res, fused=fused, durations=plan.durations)

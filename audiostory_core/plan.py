@@ -115,6 +115,26 @@ class StoryPlan:
 
 
 @dataclass
+class PromptContext:
+    """Extra input for the prompt (audio continuation): ``prompt_ids`` replace the plain prompt and
+    ``embeds`` [P, H] overwrite the input embeddings at ``positions`` (placeholder tokens), as the
+    official training code does with Whisper features (``ids_cmp_mask``)."""
+
+    prompt_ids: list[int]
+    positions: list[int]
+    embeds: torch.Tensor
+
+
+def embed_prompt(llm, ids: torch.Tensor, context: Optional["PromptContext"]) -> torch.Tensor:
+    """Input embeddings of ``ids`` [1, L] with the context's embeddings written in place."""
+    emb = llm.get_input_embeddings()(ids)
+    if context is not None and context.positions:
+        emb = emb.clone()
+        emb[0, context.positions] = context.embeds.to(emb.device, emb.dtype)
+    return emb
+
+
+@dataclass
 class PlanResult:
     plan: StoryPlan
     prompt_ids: list[int]
@@ -155,14 +175,14 @@ def _repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float
 @torch.no_grad()
 def generate_plan(planner, description: str, total_duration: float, *, lead: str = "",
                   max_new_tokens: Optional[int] = None, keep_hidden: bool = True,
-                  hooks: Optional[Hooks] = None) -> PlanResult:
+                  context: Optional[PromptContext] = None, hooks: Optional[Hooks] = None) -> PlanResult:
     """Decode a story plan greedily. ``description`` is the user's text; the official
     sentence " The total duration is {float} seconds." is appended."""
     hooks = as_hooks(hooks)
     validate_instruction(description, total_duration)
     tok, ids = planner.tokenizer, planner.ids
     instruction = build_instruction(description, total_duration, lead)
-    prompt = prompt_ids_for(tok, instruction)
+    prompt = context.prompt_ids if context is not None else prompt_ids_for(tok, instruction)
     limit = int(max_new_tokens if max_new_tokens is not None else planner.generation.max_new_tokens)
     if limit < 1:
         raise InputError("max_new_tokens must be at least 1.")
@@ -176,7 +196,8 @@ def generate_plan(planner, description: str, total_duration: float, *, lead: str
 
     seq = torch.tensor([prompt], device=dev)
     cache = DynamicCache()
-    out = llm.model(input_ids=seq, past_key_values=cache, use_cache=True)
+    # The official call passes inputs_embeds=embed(input_ids); identical to input_ids without a context.
+    out = llm.model(inputs_embeds=embed_prompt(llm, seq, context), past_key_values=cache, use_cache=True)
     h = out.last_hidden_state
     generated: list[int] = []
     states: list[torch.Tensor] = []
