@@ -40,6 +40,13 @@ class GenerationSettings:
         return cls(eos_token_ids=eos, repetition_penalty=float(cfg.get("repetition_penalty", 1.0)))
 
 
+def dtype_kwarg(dtype: torch.dtype) -> dict:
+    """transformers >= 4.56 renamed ``torch_dtype`` to ``dtype``."""
+    import transformers
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 @contextmanager
 def _on_meta():
     with torch.device("meta"):
@@ -97,7 +104,7 @@ def load_llm(paths: ModelPaths, cfg: AudioStoryConfig, ckpt: Checkpoint, dtype: 
     qcfg.vocab_size = cfg.vocab_size
     qcfg.torch_dtype = dtype
     with _on_meta():
-        model = AutoModelForCausalLM.from_config(qcfg, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_config(qcfg, **dtype_kwarg(dtype))
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tied = bool(getattr(qcfg, "tie_word_embeddings", False))
     state, used = llm_state_dict(ckpt.tensors, expected, cfg.lora, dtype, base_dir=paths.qwen_dir,
