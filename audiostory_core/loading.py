@@ -202,7 +202,7 @@ def load_models(paths: ModelPaths, dtype: torch.dtype = torch.float32, device: t
         t5_state = {k: v for k, v in ckpt.tensors.items() if k.startswith(T5_PREFIX)}
         out.null_embedding, _ = load_or_compute(paths.flux_dir, paths.t5_dir, cfg.n_semantic, dtype,
                                                 t5_weights=t5_state or None,
-                                                sources=[paths.checkpoint, paths.t5_dir])
+                                                sources=[paths.checkpoint, paths.t5_dir], device=device)
     if vae:
         out.vae = load_vae(paths, dtype, device)
     if planner and dit:

@@ -41,7 +41,8 @@ def cache_dirs(weights_dir: Path) -> list[Path]:
 
 
 def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
-                           t5_weights: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+                           t5_weights: Optional[Mapping[str, torch.Tensor]] = None,
+                           device: torch.device | str = "cpu") -> torch.Tensor:
     """T5(""), ``padding="max_length"`` to N with its attention mask: shape [1, N, d_model]."""
     from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
@@ -63,16 +64,18 @@ def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
             model = T5EncoderModel.from_pretrained(str(t5_dir), **dtype_kwarg(torch.float32))
         except Exception as e:
             raise ModelFilesError(f"Cannot load the T5 encoder weights from {t5_dir}: {e}") from e
-    model = model.to(dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()  # same device/dtype as the official fp16 GPU run
     batch = tokenizer([""], max_length=n_tokens, padding="max_length", truncation=True, return_tensors="pt")
     with torch.no_grad():
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)[0]
-    return out.detach().clone()
+        out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device))[0]
+    del model
+    return out.detach().cpu().clone()
 
 
 def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch.dtype,
                     t5_weights: Optional[Mapping[str, torch.Tensor]] = None,
-                    sources: Optional[list[Path]] = None) -> tuple[torch.Tensor, Path | None]:
+                    sources: Optional[list[Path]] = None,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, Path | None]:
     """Return the cached null embedding, computing and caching it on first use."""
     from safetensors.torch import load_file, save_file
 
@@ -90,7 +93,7 @@ def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch
                     return data["null_embedding"], f
             except Exception:
                 pass  # unreadable cache: recompute
-    emb = compute_null_embedding(t5_dir, n_tokens, dtype, t5_weights)
+    emb = compute_null_embedding(t5_dir, n_tokens, dtype, t5_weights, device)
     for d in cache_dirs(weights_dir):
         try:
             d.mkdir(parents=True, exist_ok=True)

@@ -276,8 +276,11 @@ def forced_sequence(tokenizer, ids: TokenIds, plan: StoryPlan, prompt: list[int]
     tr = plan.transcript_ids
     think = tr.index(ids.think_close) if ids.think_close in tr else None
     flags = [_event_is_unedited(e, tr, tokenizer, ids) for e in plan.events]
-    spans_ok = all(flags) and all(plan.events[i].span[1] <= plan.events[i + 1].span[0]
-                                  for i in range(len(plan.events) - 1))
+    # Verbatim reuse only when the plan still lists exactly the events parsed from its transcript
+    # (a deleted or reordered event changes the context of the events after it).
+    parsed = parse_transcript(tr, ids, tokenizer.decode) if tr else None
+    spans_ok = (all(flags) and parsed is not None
+                and [ev.span for ev in plan.events] == [[e.gen_pos, e.end_pos] for e in parsed.events])
     reasoning_ok = think is not None and tokenizer.decode(tr[:think]) == plan.reasoning
     if spans_ok and reasoning_ok:
         body = tr[: plan.events[-1].span[1]]

@@ -45,3 +45,14 @@ def test_fusion_is_the_official_formula(shared_pipeline):
         attn = heads.multihead_attention(sem[i][:, None], res[i][:, None], res[i][:, None])[0][:, 0]
         want.append((sem[i] + attn) / 10.0)
     torch.testing.assert_close(heads.fuse(sem, res), torch.stack(want), rtol=1e-5, atol=1e-5)
+
+
+def test_deleting_an_event_removes_it_from_the_context(shared_pipeline):
+    res = shared_pipeline.plan(*CAFE)
+    base = shared_pipeline.tokens(res)
+    plan = StoryPlan.from_json(res.plan.to_json())
+    del plan.events[1]
+    edited = shared_pipeline.tokens(plan)
+    assert edited.fused.shape[0] == 3
+    torch.testing.assert_close(edited.fused[0], base.fused[0], rtol=1e-5, atol=1e-4)
+    assert (edited.fused[1] - base.fused[2]).abs().max() > 1e-2  # event 3 no longer sees event 2
