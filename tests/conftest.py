@@ -11,8 +11,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-SHARED_FIXTURE = Path(os.environ.get("AUDIOSTORY_SHARED_FIXTURE",
-                                     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "audiostory-tiny"))
+def _shared_fixture() -> Path:
+    if os.environ.get("AUDIOSTORY_SHARED_FIXTURE"):
+        return Path(os.environ["AUDIOSTORY_SHARED_FIXTURE"])
+    for cand in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
+        if (cand / "fixtures" / "audiostory-tiny").is_dir():
+            return cand / "fixtures" / "audiostory-tiny"
+    return Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "audiostory-tiny"
+
+
+SHARED_FIXTURE = _shared_fixture()
 
 
 @pytest.fixture(scope="session")
