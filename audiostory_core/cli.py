@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_args(p)
     p.add_argument("--seed", type=int, default=0)
 
+    from .cli_media import add_parsers as _add_media_parsers   # dub, continue
+
+    _add_media_parsers(sub, _add_model_args)
+
     d = sub.add_parser("download", help="fetch the public weights into the official layout")
     d.add_argument("--models", required=True)
     d.add_argument("--only", nargs="*", help="subset of: audiostory qwen t5 vae")
@@ -188,6 +192,9 @@ def cmd_download(args) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "download": cmd_download}
+from .cli_media import COMMANDS as _MEDIA_COMMANDS  # noqa: E402  (dub, continue)
+
+COMMANDS.update(_MEDIA_COMMANDS)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -84,3 +84,19 @@ def tone(seconds: float, rate: int, channels: int = 2, freq: float = 330.0, amp:
     t = torch.arange(int(round(seconds * rate))) / rate
     x = amp * torch.sin(2 * torch.pi * freq * t) * (0.7 + 0.3 * torch.sin(2 * torch.pi * 1.5 * t))
     return x.unsqueeze(0).repeat(channels, 1).float()
+
+
+def write_video_without_frames(path: Path) -> Path:
+    """An MKV that declares a video stream but holds only audio packets (zero video frames)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=24)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        a = c.add_stream("pcm_s16le", rate=8000)
+        a.layout = "mono"
+        fr = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        fr.sample_rate, fr.pts = 8000, 0
+        for pkt in list(a.encode(fr)) + list(a.encode()):
+            c.mux(pkt)
+    return Path(path)

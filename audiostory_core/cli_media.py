@@ -1,0 +1,215 @@
+"""CLI subcommands ``dub`` (video -> video with a generated soundtrack) and ``continue`` (audio -> longer audio).
+
+Kept apart from ``cli.py`` so the text-to-audio CLI stays small; ``cli.py`` registers these.
+Order of work in ``dub``: scenes, then captions (the VLM is freed before AudioStory loads), then plan,
+render and mux; every output file is written atomically at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from pathlib import Path
+
+
+def _add_render_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", choices=["reference", "seeded"], default="seeded")
+    p.add_argument("--sampler", choices=["euler", "heun", "dpmpp", "unipc"], default="euler")
+    p.add_argument("--sample-rate", type=int, default=32000)
+    p.add_argument("--crossfade", type=float, default=3.0)
+    p.add_argument("--crossfade-curve", choices=["linear", "equal_power"], default="linear")
+    p.add_argument("--max-new-tokens", type=int, default=1600)
+    p.add_argument("--lead-phrase", default="none", help="none (reference), random, or an index 0-19")
+    p.add_argument("--quiet", action="store_true")
+
+
+def add_parsers(sub, add_model_args) -> None:
+    d = sub.add_parser("dub", help="video -> the same video with a generated soundtrack")
+    add_model_args(d)
+    d.add_argument("--video", required=True, help="input video (MP4, MOV, MKV, WebM, ...)")
+    d.add_argument("--out", required=True, help="output .mp4/.mov (AAC) or .mkv/.webm (Opus)")
+    d.add_argument("--brief", default="", help="one line about the video, e.g. 'a cartoon chase in a kitchen'")
+    d.add_argument("--captions", help="captions file: JSON list, scenes JSON, or one caption per line")
+    d.add_argument("--scenes", help="scenes JSON (start/end/caption) written by --scenes-out and edited")
+    d.add_argument("--scenes-out", help="write the scenes with their captions here (JSON, editable)")
+    d.add_argument("--captions-only", action="store_true", help="stop after writing --scenes-out")
+    d.add_argument("--plan", help="render this plan JSON (e.g. an edited --plan-out) instead of planning")
+    d.add_argument("--plan-out", help="write the forced plan here (an ordinary AudioStory plan JSON)")
+    d.add_argument("--vlm", default="Qwen2.5-VL-3B-Instruct", help="VLM folder or Hugging Face id")
+    d.add_argument("--keyframes", type=int, default=1, help="keyframes per scene given to the VLM")
+    d.add_argument("--threshold", type=float, default=0.12, help="cut threshold (mean grey change, 0-1)")
+    d.add_argument("--analysis-fps", type=float, default=4.0)
+    d.add_argument("--min-scene", type=float, default=1.0, help="merge shots shorter than this (s)")
+    d.add_argument("--allow-vfr", action="store_true", help="accept variable-frame-rate video")
+    d.add_argument("--event-captions", choices=["auto", "planner", "scenes"], default="auto")
+    d.add_argument("--existing-audio", choices=["replace", "mix"], default="replace")
+    d.add_argument("--mix-gain-db", type=float, default=-12.0, help="gain of the original audio when mixing")
+    d.add_argument("--audio-codec", help="override: aac, libopus, ...")
+    _add_render_args(d)
+
+    c = sub.add_parser("continue", help="audio clip + instruction -> the clip followed by its continuation")
+    add_model_args(c)
+    c.add_argument("--audio", required=True, help="input clip (any format FFmpeg reads), mono or stereo, <= 30 s")
+    c.add_argument("--instruction", required=True, help="what comes next, e.g. 'the coach gives basketball lessons'")
+    c.add_argument("--duration", type=float, required=True, help="length of the continuation (s)")
+    c.add_argument("--out", required=True, help="output .wav or .flac")
+    c.add_argument("--output", choices=["joined", "continuation"], default="joined")
+    c.add_argument("--understanding", choices=["auto", "whisper", "text"], default="auto")
+    c.add_argument("--whisper", default="whisper-large-v3", help="Whisper folder or Hugging Face id")
+    c.add_argument("--audio-description", default="", help="words describing the input (text fallback)")
+    c.add_argument("--long-input", choices=["error", "last"], default="error",
+                   help="input longer than 30 s: refuse, or understand its last 30 s")
+    c.add_argument("--placeholder", default="<aud>,<aud_{:05d}>,</aud>",
+                   help="open,slot,close tokens of the audio placeholders (slot may contain {:05d})")
+    c.add_argument("--plan-out", help="also write the plan JSON here")
+    _add_render_args(c)
+
+
+def _search_dirs(args) -> list[Path]:
+    root = Path(args.models).expanduser()
+    return [root, root.parent]
+
+
+def _lead(args) -> str:
+    from .grammar import lead_phrase
+
+    return lead_phrase(args.lead_phrase, args.seed)
+
+
+def _scenes(args, max_scene: float):
+    from .captioning import apply_captions, parse_captions
+    from .video import check_frame_rate, detect_scenes, probe_video, scenes_from_dict
+    import json
+
+    from .errors import InputError
+
+    if args.scenes:
+        info = probe_video(args.video)
+        check_frame_rate(info, args.allow_vfr)
+        try:
+            data = json.loads(Path(args.scenes).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"Cannot read scenes {args.scenes}: {e}") from e
+        return scenes_from_dict(data, info, max_scene), True
+    sc = detect_scenes(args.video, max_scene_seconds=max_scene, threshold=args.threshold,
+                       analysis_fps=args.analysis_fps, min_scene_seconds=args.min_scene,
+                       keyframes=args.keyframes, allow_vfr=args.allow_vfr)
+    if args.captions:
+        try:
+            text = Path(args.captions).read_text()
+        except OSError as e:
+            raise InputError(f"Cannot read captions {args.captions}: {e}") from e
+        apply_captions(sc, parse_captions(text, len(sc.scenes)))
+        return sc, True
+    return sc, False
+
+
+def cmd_dub(args) -> int:
+    from .cli import _pipeline, _tqdm_hooks
+    from .config import locate
+    from .dubbing import dub_video, dubbing_plan, max_clip_seconds_for, max_scene_seconds, write_text_atomic
+    from .errors import AudioStoryError
+    from .pipeline import resolve_device
+    from .plan import StoryPlan
+
+    hooks, close = _tqdm_hooks(not args.quiet)
+    try:
+        paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
+                       qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
+        max_scene = max_scene_seconds(max_clip_seconds_for(paths), args.crossfade)
+        scenes, captioned = _scenes(args, max_scene)
+        if not captioned and not args.plan:
+            from .captioning import VisionCaptioner
+
+            cap = VisionCaptioner.from_pretrained(args.vlm, _search_dirs(args), device=resolve_device(args.device))
+            cap.caption_scenes(scenes, args.brief, hooks=hooks)
+            del cap
+            gc.collect()
+        if args.scenes_out:
+            write_text_atomic(args.scenes_out, scenes.to_json())
+        if args.captions_only:
+            if not args.scenes_out:
+                print(scenes.to_json())
+            return 0
+        pipe = _pipeline(args)
+        if args.plan:
+            try:
+                plan = StoryPlan.from_json(Path(args.plan).read_text())
+            except OSError as e:
+                raise AudioStoryError(f"Cannot read plan {args.plan}: {e}") from e
+        else:
+            plan = dubbing_plan(pipe.models.planner, scenes, args.brief, event_captions=args.event_captions,
+                                lead=_lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks).plan
+        res = dub_video(pipe, args.video, args.out, scenes, plan=plan, crossfade=args.crossfade, steps=args.steps,
+                        guidance=args.guidance, noise=args.noise, seed=args.seed, sampler=args.sampler,
+                        sample_rate=args.sample_rate, curve=args.crossfade_curve, existing_audio=args.existing_audio,
+                        mix_gain_db=args.mix_gain_db, audio_codec=args.audio_codec, hooks=hooks)
+        if args.plan_out:
+            write_text_atomic(args.plan_out, res.plan.to_json())
+    finally:
+        close()
+    for p in res.plan.problems + res.soundtrack.problems:
+        print(f"note: {p}", file=sys.stderr)
+    print(f"wrote {res.path} ({scenes.duration:.2f} s, {len(scenes.scenes)} scenes)", file=sys.stderr)
+    return 0
+
+
+def cmd_continue(args) -> int:
+    from .audio import write_audio
+    from .cli import _pipeline, _tqdm_hooks
+    from .continuation import (PlaceholderLayout, WhisperFeatures, build_audio_context, check_input_audio,
+                               continue_audio, load_audio_file)
+    from .dubbing import write_text_atomic
+    from .errors import InputError
+    from .loading import Checkpoint
+
+    parts = args.placeholder.split(",")
+    if len(parts) != 3:
+        raise InputError("--placeholder needs three comma-separated parts: open,slot,close (open/close may be empty).")
+    layout = PlaceholderLayout(*parts)
+    wave, sr = load_audio_file(args.audio)
+    audio = check_input_audio(wave, sr)
+    pipe = _pipeline(args)
+    tensors = Checkpoint(pipe.models.paths.checkpoint).tensors
+    whisper = None
+    if args.understanding != "text":
+        from .continuation import ResamplerSpec, resampler_status
+
+        status, why = resampler_status(ResamplerSpec.from_config(pipe.models.config.raw), tensors)
+        if status == "trained":
+            from .errors import ModelFilesError
+
+            try:
+                whisper = WhisperFeatures.from_pretrained(args.whisper, _search_dirs(args),
+                                                          device=pipe.models.planner.device)
+            except ModelFilesError as e:
+                if args.understanding == "whisper" or not args.audio_description.strip():
+                    raise
+                print(f"note: {e}\nnote: using the text description instead", file=sys.stderr)
+        else:
+            print(f"note: this checkpoint has no trained audio-understanding weights ({why})", file=sys.stderr)
+    ctx = build_audio_context(pipe.models.planner, audio, checkpoint_tensors=tensors, whisper=whisper,
+                              description=args.audio_description, mode=args.understanding,
+                              long_input=args.long_input, layout=layout)
+    hooks, close = _tqdm_hooks(not args.quiet)
+    try:
+        res = continue_audio(pipe, ctx, args.instruction, args.duration, output=args.output, lead=_lead(args),
+                             max_new_tokens=args.max_new_tokens, crossfade=args.crossfade, steps=args.steps,
+                             guidance=args.guidance, noise=args.noise, seed=args.seed, sampler=args.sampler,
+                             sample_rate=args.sample_rate, curve=args.crossfade_curve, hooks=hooks)
+    finally:
+        close()
+    for p in res.problems:
+        print(f"note: {p}", file=sys.stderr)
+    if args.plan_out:
+        write_text_atomic(args.plan_out, res.plan_result.plan.to_json())
+    write_audio(args.out, res.audio, res.sample_rate)
+    print(f"wrote {args.out} ({res.audio.shape[-1] / res.sample_rate:.2f} s, understanding: {ctx.mode})",
+          file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"dub": cmd_dub, "continue": cmd_continue}
