@@ -1,0 +1,115 @@
+"""Audio continuation nodes (ComfyUI V3): AUDIO -> AUDIOSTORY_AUDIO_CONTEXT for the Planner, and the join.
+
+Wire the same instruction and total_duration into this node and the Planner: the context's prompt is
+built for that instruction (the audio tokens sit in the prompt before it).
+"""
+from __future__ import annotations
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..audiostory_core.config import find_audiostory_dir
+from ..audiostory_core.continuation import (DEFAULT_WHISPER, LONG_INPUT, MODES, ResamplerSpec, WhisperFeatures,
+                                            resampler_status)
+from ..audiostory_core.errors import InputError, ModelFilesError
+from .logic import CROSSFADE_CURVES, audio_dict, audio_from_dict, resolve_model_root
+from .media_logic import checkpoint_tensors, join_continuation, make_audio_context
+
+CATEGORY = "audio/AudioStory/continuation"
+Planner = io.Custom("AUDIOSTORY_PLANNER")
+AudioContext = io.Custom("AUDIOSTORY_AUDIO_CONTEXT")
+
+
+def _model_dirs() -> list[str]:
+    try:
+        return list(folder_paths.get_folder_paths("audiostory"))
+    except Exception:
+        return []
+
+
+class AudioStoryAudioContext(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryAudioContext",
+            display_name="AudioStory Audio Context",
+            category=CATEGORY,
+            description="Understands the audio to continue: Whisper features pooled by the checkpoint's "
+                        "whisper_resampler_llava overwrite placeholder tokens in the prompt. Checkpoints without "
+                        "trained audio-understanding weights use your text description instead.",
+            inputs=[
+                Planner.Input("planner"),
+                io.Audio.Input("audio", tooltip="Mono or stereo, 8-192 kHz, at most 30 s (or long_input=last)."),
+                io.String.Input("instruction", multiline=True, default="",
+                                tooltip="The same instruction as in the Planner."),
+                io.Float.Input("total_duration", default=12.0, min=1.0, max=600.0, step=0.5,
+                               tooltip="The same total duration as in the Planner (the continuation's length)."),
+                io.Combo.Input("understanding", options=list(MODES), default="auto"),
+                io.String.Input("whisper", default=DEFAULT_WHISPER,
+                                tooltip="Whisper folder under models/audiostory/ or a Hugging Face id."),
+                io.String.Input("audio_description", default="", multiline=True,
+                                tooltip="Words describing the input (the fallback, or extra help)."),
+                io.Combo.Input("long_input", options=list(LONG_INPUT), default="error",
+                               tooltip="Input longer than 30 s: refuse, or understand its last 30 s."),
+                io.String.Input("placeholder", default="<aud>,<aud_{:05d}>,</aud>",
+                                tooltip="open,slot,close tokens of the audio placeholders."),
+            ],
+            outputs=[AudioContext.Output("audio_context", display_name="audio_context")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, planner, audio, instruction, total_duration, understanding, whisper, audio_description,
+                long_input, placeholder) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        wave, sr = audio_from_dict(audio, "audio")
+        pl = planner.planner
+        root = resolve_model_root(_model_dirs(), planner.root_name)
+        tensors = checkpoint_tensors(find_audiostory_dir(root) / "pytorch_model.bin")
+        w = None
+        status, why = resampler_status(ResamplerSpec.from_config(pl.config.raw), tensors)
+        if understanding != "text" and status == "trained":
+            try:
+                w = WhisperFeatures.from_pretrained(whisper, _model_dirs(), device=mm.get_torch_device())
+            except ModelFilesError:
+                if understanding == "whisper" or not audio_description.strip():
+                    raise
+        if planner.llm_patcher is not None:
+            mm.load_models_gpu([planner.llm_patcher])
+        ctx = make_audio_context(pl, wave, sr, tensors=tensors, whisper=w, description=audio_description,
+                                 mode=understanding, long_input=long_input, placeholder=placeholder,
+                                 instruction=instruction, total_duration=float(total_duration))
+        msg = f"understanding: {ctx.mode}" + "".join(f"\nnote: {n}" for n in ctx.notes)
+        return io.NodeOutput(ctx, ui=ui.PreviewText(msg))
+
+
+class AudioStoryContinuationJoin(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryContinuationJoin",
+            display_name="AudioStory Continuation Join",
+            category=CATEGORY,
+            description="The input audio followed by the continuation, joined with the story's crossfade "
+                        "(or the continuation alone).",
+            inputs=[
+                AudioContext.Input("audio_context"),
+                io.Audio.Input("continuation", tooltip="The decoded story (AudioStory Decode)."),
+                io.Float.Input("crossfade", default=3.0, min=0.0, max=10.0, step=0.1),
+                io.Combo.Input("curve", options=list(CROSSFADE_CURVES), default="linear"),
+                io.Combo.Input("output", options=["joined", "continuation"], default="joined"),
+            ],
+            outputs=[io.Audio.Output("audio", display_name="audio")],
+        )
+
+    @classmethod
+    def execute(cls, audio_context, continuation, crossfade, curve, output) -> io.NodeOutput:
+        if audio_context is None or not hasattr(audio_context, "audio"):
+            raise InputError("audio_context must come from AudioStoryAudioContext.")
+        story, sr = audio_from_dict(continuation, "continuation")
+        out = join_continuation(audio_context, story, sr, float(crossfade), curve, output)
+        return io.NodeOutput(audio_dict(out, sr))
+
+
+NODES = [AudioStoryAudioContext, AudioStoryContinuationJoin]

@@ -1,0 +1,169 @@
+"""Video dubbing nodes (ComfyUI V3): VIDEO -> scenes -> sound captions -> STORY_PLAN.
+
+The rest of the dubbing graph is the ordinary text-to-audio chain (event tokens, sampler, decode) and
+``AudioStoryMuxVideo``. The logic lives in ``media_logic.py`` and ``audiostory_core``.
+"""
+from __future__ import annotations
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..audiostory_core.captioning import DEFAULT_VLM, VisionCaptioner
+from ..audiostory_core.dubbing import EVENT_CAPTIONS
+from ..audiostory_core.errors import InputError
+from ..audiostory_core.video import SceneList
+from .logic import PlanBundle
+from .media_logic import (apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video,
+                          video_file)
+
+CATEGORY = "audio/AudioStory/dubbing"
+Planner = io.Custom("AUDIOSTORY_PLANNER")
+Plan = io.Custom("STORY_PLAN")
+Scenes = io.Custom("AUDIOSTORY_SCENES")
+
+
+def _hooks(node_id):
+    from .core_nodes import make_hooks
+
+    return make_hooks(node_id)
+
+
+def _model_dirs() -> list[str]:
+    try:
+        return list(folder_paths.get_folder_paths("audiostory"))
+    except Exception:
+        return []
+
+
+def _scenes(value) -> SceneList:
+    if not isinstance(value, SceneList):
+        raise InputError("scenes must come from AudioStoryVideoScenes.")
+    return value
+
+
+class AudioStoryVideoScenes(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryVideoScenes",
+            display_name="AudioStory Video Scenes",
+            category=CATEGORY,
+            description="Finds shot boundaries by frame differences (streaming, low frame rate) and splits shots "
+                        "longer than one clip. Outputs the scenes, their keyframes and their times.",
+            inputs=[
+                io.Video.Input("video"),
+                Planner.Input("planner", tooltip="Gives the longest clip the DiT renders."),
+                io.Float.Input("crossfade", default=3.0, min=0.0, max=10.0, step=0.1,
+                               tooltip="The crossfade used later: a scene holds at most one clip minus it."),
+                io.Float.Input("threshold", default=0.12, min=0.01, max=1.0, step=0.01,
+                               tooltip="Mean grey-level change (0-1) between samples that counts as a cut."),
+                io.Float.Input("analysis_fps", default=4.0, min=0.5, max=30.0, step=0.5),
+                io.Float.Input("min_scene_seconds", default=1.0, min=0.1, max=10.0, step=0.1,
+                               tooltip="Shots shorter than this are merged into a neighbour."),
+                io.Int.Input("keyframes", default=1, min=1, max=8, tooltip="Keyframes per scene for the VLM."),
+                io.Boolean.Input("allow_vfr", default=False,
+                                 tooltip="Accept variable-frame-rate video (timestamps keep it in sync)."),
+            ],
+            outputs=[
+                Scenes.Output("scenes", display_name="scenes"),
+                io.Image.Output("keyframes", display_name="keyframes"),
+                io.String.Output("scenes_json", display_name="scenes_json"),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, video, planner, crossfade, threshold, analysis_fps, min_scene_seconds, keyframes,
+                allow_vfr) -> io.NodeOutput:
+        sc = scenes_for_video(video_file(video), planner.max_clip_seconds, float(crossfade), threshold=float(threshold),
+                              analysis_fps=float(analysis_fps), min_scene_seconds=float(min_scene_seconds),
+                              keyframes=int(keyframes), allow_vfr=bool(allow_vfr), hooks=_hooks(cls.hidden.unique_id))
+        text = sc.to_json()
+        return io.NodeOutput(sc, keyframe_batch(sc), text, ui=ui.PreviewText(text))
+
+
+class AudioStoryVideoCaptioner(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryVideoCaptioner",
+            display_name="AudioStory Video Captioner",
+            category=CATEGORY,
+            description="Asks a local vision-language model (transformers AutoModelForImageTextToText) for the "
+                        "SOUNDS each scene implies. Typed captions (one per line or a JSON list) replace it.",
+            inputs=[
+                Scenes.Input("scenes"),
+                io.String.Input("vlm", default=DEFAULT_VLM,
+                                tooltip="Folder under models/audiostory/ or a Hugging Face id."),
+                io.String.Input("brief", default="", multiline=False, tooltip="One line about the video (optional)."),
+                io.String.Input("captions", default="", multiline=True,
+                                tooltip="Optional: your own captions, one per scene; the VLM is then not used."),
+                io.Int.Input("max_new_tokens", default=60, min=8, max=256),
+            ],
+            outputs=[Scenes.Output("scenes", display_name="scenes"), io.String.Output("captions_json", display_name="captions_json")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, scenes, vlm, brief, captions, max_new_tokens) -> io.NodeOutput:
+        import copy
+
+        import comfy.model_management as mm
+
+        sc = copy.copy(_scenes(scenes))
+        sc.scenes = [copy.copy(s) for s in sc.scenes]
+        if not apply_typed_captions(sc, captions):
+            cap = VisionCaptioner.from_pretrained(vlm, _model_dirs(), device=mm.get_torch_device(),
+                                                  max_new_tokens=int(max_new_tokens))
+            try:
+                cap.caption_scenes(sc, brief, overwrite=True, hooks=_hooks(cls.hidden.unique_id))
+            finally:
+                del cap
+                mm.soft_empty_cache()
+        text = captions_json(sc)
+        return io.NodeOutput(sc, text, ui=ui.PreviewText(text))
+
+
+class AudioStoryDubbingPlan(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryDubbingPlan",
+            display_name="AudioStory Dubbing Plan",
+            category=CATEGORY,
+            description="Plans the soundtrack from the brief and the timed scene captions (total = video length), "
+                        "then forces one event per scene with the scene's length (teacher-forced timestamps, "
+                        "re-encoded tokens). The result is an ordinary STORY_PLAN.",
+            inputs=[
+                Planner.Input("planner"),
+                Scenes.Input("scenes"),
+                io.String.Input("brief", default="", multiline=True, tooltip="One line about the video (optional)."),
+                io.String.Input("captions", default="", multiline=True,
+                                tooltip="Optional edited captions (one per scene, or the captioner's JSON)."),
+                io.Combo.Input("event_captions", options=list(EVENT_CAPTIONS), default="auto",
+                               tooltip="auto: the planner's captions if it wrote one event per scene, else the "
+                                       "scene captions; planner: always the planner's; scenes: always the scenes'."),
+                io.Int.Input("max_new_tokens", default=1600, min=16, max=8192),
+            ],
+            outputs=[Plan.Output("plan", display_name="plan"), io.String.Output("plan_json", display_name="plan_json")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, planner, scenes, brief, captions, event_captions, max_new_tokens) -> io.NodeOutput:
+        import copy
+
+        import comfy.model_management as mm
+
+        sc = copy.copy(_scenes(scenes))
+        sc.scenes = [copy.copy(s) for s in sc.scenes]
+        patchers = [p for p in (getattr(planner, "llm_patcher", None), getattr(planner, "heads_patcher", None)) if p]
+        if patchers:
+            mm.load_models_gpu(patchers)
+        plan = plan_for_scenes(planner.planner, sc, brief, captions, event_captions, int(max_new_tokens),
+                               hooks=_hooks(cls.hidden.unique_id))
+        text = plan.to_json()
+        return io.NodeOutput(PlanBundle(plan=plan), text, ui=ui.PreviewText(text))
+
+
+NODES = [AudioStoryVideoScenes, AudioStoryVideoCaptioner, AudioStoryDubbingPlan]

@@ -1,0 +1,136 @@
+"""Plain-Python logic behind the dubbing and continuation nodes (no ComfyUI import, unit-testable).
+
+The node modules only translate ComfyUI values (VIDEO, IMAGE, AUDIO, custom objects) to these calls.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..audiostory_core.captioning import apply_captions, parse_captions
+from ..audiostory_core.continuation import (AudioContext, InputAudio, PlaceholderLayout, WhisperFeatures,
+                                            build_audio_context, check_input_audio, join)
+from ..audiostory_core.dubbing import dubbing_plan, max_scene_seconds
+from ..audiostory_core.errors import InputError
+from ..audiostory_core.plan import StoryPlan
+from ..audiostory_core.video import SceneList, detect_scenes
+
+_RESAMPLER_CACHE: dict[tuple[str, float], dict[str, torch.Tensor]] = {}
+
+
+def video_file(video: Any) -> str:
+    """A file path for a ComfyUI VIDEO: its own file, a temp copy of in-memory bytes, or (for videos
+    built from frames) a temp MP4 written by the VIDEO itself."""
+    src = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+    if isinstance(src, (str, Path)) and Path(src).is_file():
+        return str(src)
+    tmp = Path(tempfile.mkdtemp(prefix="audiostory-video-"))
+    if src is not None and hasattr(src, "read"):
+        src.seek(0)
+        fmt = str(video.get_container_format() or "mp4").split(",")[0] if hasattr(video, "get_container_format") else "mp4"
+        ext = {"matroska": "mkv", "mov": "mov", "webm": "webm"}.get(fmt, "mp4")
+        out = tmp / f"input.{ext}"
+        out.write_bytes(src.read())
+        return str(out)
+    if hasattr(video, "save_to"):
+        out = tmp / "input.mp4"
+        video.save_to(str(out))
+        return str(out)
+    raise InputError("The VIDEO input has no file or stream to read.")
+
+
+def scenes_for_video(path: str, max_clip_seconds: float, crossfade: float, *, threshold: float,
+                     analysis_fps: float, min_scene_seconds: float, keyframes: int, allow_vfr: bool,
+                     hooks=None) -> SceneList:
+    return detect_scenes(path, max_scene_seconds=max_scene_seconds(max_clip_seconds, crossfade), threshold=threshold,
+                         analysis_fps=analysis_fps, min_scene_seconds=min_scene_seconds, keyframes=keyframes,
+                         allow_vfr=allow_vfr, hooks=hooks)
+
+
+def keyframe_batch(scenes: SceneList) -> torch.Tensor:
+    """One IMAGE batch [K, H, W, 3] (0..1) of every scene's keyframes, padded to a common size."""
+    frames = [k for s in scenes.scenes for k in s.keyframes]
+    if not frames:
+        return torch.zeros(1, 64, 64, 3)
+    h = max(f.shape[0] for f in frames)
+    w = max(f.shape[1] for f in frames)
+    out = torch.zeros(len(frames), h, w, 3)
+    for i, f in enumerate(frames):
+        out[i, : f.shape[0], : f.shape[1]] = torch.from_numpy(f.astype(np.float32) / 255.0)
+    return out
+
+
+def scenes_json(scenes: SceneList) -> str:
+    return scenes.to_json()
+
+
+def apply_typed_captions(scenes: SceneList, text: str) -> bool:
+    """Apply user-typed captions when ``text`` is not blank; returns whether it did."""
+    if not (text or "").strip():
+        return False
+    apply_captions(scenes, parse_captions(text, len(scenes.scenes)))
+    return True
+
+
+def plan_for_scenes(planner, scenes: SceneList, brief: str, captions: str, event_captions: str,
+                    max_new_tokens: int, hooks=None) -> StoryPlan:
+    apply_typed_captions(scenes, captions)
+    return dubbing_plan(planner, scenes, brief, event_captions=event_captions, max_new_tokens=max_new_tokens,
+                        hooks=hooks).plan
+
+
+def checkpoint_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Only the whisper_resampler_llava tensors of a checkpoint (cached per file and mtime)."""
+    from ..audiostory_core.continuation import RESAMPLER_PREFIX
+    from ..audiostory_core.weights import load_torch_checkpoint
+
+    key = (str(checkpoint), checkpoint.stat().st_mtime)
+    if key not in _RESAMPLER_CACHE:
+        full = load_torch_checkpoint(checkpoint)
+        _RESAMPLER_CACHE.clear()
+        _RESAMPLER_CACHE[key] = {k: v.clone() for k, v in full.items() if k.startswith(RESAMPLER_PREFIX)}
+        del full
+    return _RESAMPLER_CACHE[key]
+
+
+def parse_placeholder(text: str) -> PlaceholderLayout:
+    parts = (text or "").split(",")
+    if len(parts) != 3:
+        raise InputError("placeholder must be 'open,slot,close', e.g. '<aud>,<aud_{:05d}>,</aud>'.")
+    return PlaceholderLayout(*[p.strip() for p in parts])
+
+
+def make_audio_context(planner, wave: torch.Tensor, sample_rate: int, *, tensors: Optional[dict],
+                       whisper: Optional[WhisperFeatures], description: str, mode: str, long_input: str,
+                       placeholder: str, instruction: str, total_duration: float) -> AudioContext:
+    """AUDIO -> AudioContext bound to the planner's instruction (so ``.context`` is ready to use)."""
+    audio = check_input_audio(wave, sample_rate)
+    ctx = build_audio_context(planner, audio, checkpoint_tensors=tensors, whisper=whisper, description=description,
+                              mode=mode, long_input=long_input, layout=parse_placeholder(placeholder))
+    if instruction.strip():
+        ctx.bind(planner.tokenizer, instruction, total_duration)
+    return ctx
+
+
+def join_continuation(ctx_or_audio: Any, story: torch.Tensor, sample_rate: int, crossfade: float,
+                      curve: str, output: str) -> torch.Tensor:
+    """The node-side join: input (from the context or an AUDIO) + the rendered story."""
+    if output == "continuation":
+        return story
+    if isinstance(ctx_or_audio, AudioContext):
+        if ctx_or_audio.audio is None:
+            raise InputError("The audio context carries no input audio.")
+        inp = ctx_or_audio.audio
+    else:
+        inp = check_input_audio(*ctx_or_audio)
+    return join(inp, story, sample_rate, crossfade, curve)
+
+
+def captions_json(scenes: SceneList) -> str:
+    return json.dumps([s.caption for s in scenes.scenes], ensure_ascii=False, indent=1)
