@@ -175,9 +175,17 @@ def _repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float
 @torch.no_grad()
 def generate_plan(planner, description: str, total_duration: float, *, lead: str = "",
                   max_new_tokens: Optional[int] = None, keep_hidden: bool = True,
-                  context: Optional[PromptContext] = None, hooks: Optional[Hooks] = None) -> PlanResult:
+                  context: Optional[PromptContext] = None, hooks: Optional[Hooks] = None,
+                  fast: bool = False, static_cache: bool = False, compile: bool = False,
+                  token_source=None, stats: Optional[dict] = None) -> PlanResult:
     """Decode a story plan greedily. ``description`` is the user's text; the official
-    sentence " The total duration is {float} seconds." is appended."""
+    sentence " The total duration is {float} seconds." is appended.
+
+    With the defaults this is the reference loop. ``fast`` feeds each forced query block in one
+    forward, ``static_cache`` uses a preallocated KV cache and ``compile`` a CUDA-graph compiled step
+    (CUDA only; eager elsewhere); ``token_source`` replaces the argmax (see
+    :mod:`audiostory_core.fast_decode`). Any of them switches to the fast loop, which yields the
+    reference token sequence (checked per block) and states equal up to float rounding."""
     hooks = as_hooks(hooks)
     validate_instruction(description, total_duration)
     tok, ids = planner.tokenizer, planner.ids
@@ -191,6 +199,17 @@ def generate_plan(planner, description: str, total_duration: float, *, lead: str
     eos = set(planner.generation.eos_token_ids)
     penalty = planner.generation.repetition_penalty
     sem_block, res_block = ids.semantic_block(), ids.residual_block()
+
+    if fast or static_cache or compile or token_source is not None:
+        from .fast_decode import decode_fast
+
+        emb = embed_prompt(llm, torch.tensor([prompt], device=dev), context)
+        generated, hidden = decode_fast(llm, emb, list(prompt), limit=limit, eos=eos, penalty=penalty,
+                                        sem_block=sem_block, res_block=res_block, keep_hidden=keep_hidden,
+                                        fast_blocks=fast, static_cache=static_cache, compile=compile,
+                                        token_source=token_source, hooks=hooks, tokenizer=tok, stats=stats)
+        plan = plan_from_transcript(tok, ids, instruction, generated, total_duration)
+        return PlanResult(plan=plan, prompt_ids=prompt, hidden=hidden)
 
     from transformers import DynamicCache
 
