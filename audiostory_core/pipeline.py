@@ -11,12 +11,15 @@ from .audio import crossfade_concat, decode_clips, resample
 from .config import ModelPaths, locate
 from .errors import InputError, PlanError
 from .event_tokens import EventTokens, clip_seconds, event_tokens
+from .fast_vae import decode_clips_fast
 from .loading import AudioStoryModels, load_models
+from .perf import PerfOptions
 from .plan import PlanResult, StoryPlan, generate_plan
 from .progress import Hooks, as_hooks
 from .sampling import sample_latents
 
 HOP = 2048
+LOW_VRAM_CHUNK_FRAMES = 128   # latent frames per VAE window in low-VRAM mode (~6 s of audio)
 REFERENCE_SAMPLE_RATE = 32000
 
 
@@ -48,17 +51,59 @@ class StoryAudio:
 
 
 class AudioStoryPipeline:
-    """Holds the loaded models and runs the stages. Every stage takes optional :class:`Hooks`."""
+    """Holds the loaded models and runs the stages. Every stage takes optional :class:`Hooks`.
 
-    def __init__(self, models: AudioStoryModels):
+    ``perf`` (:class:`PerfOptions`, default: the reference computation) selects the fast paths.
+    ``low_vram`` keeps only the component of the running stage on ``device`` (the LLM is offloaded
+    to ``offload_device`` before sampling, the DiT before decoding) and decodes the VAE in time
+    chunks; the output is unchanged.
+    """
+
+    def __init__(self, models: AudioStoryModels, *, perf: Optional[PerfOptions] = None, low_vram: bool = False,
+                 device: Optional[Union[str, torch.device]] = None, offload_device: str = "cpu"):
         self.models = models
+        self.perf = perf if perf is not None else PerfOptions()
+        self.low_vram = bool(low_vram)
+        self.offload_device = torch.device(offload_device)
+        if device is not None:
+            self.device = torch.device(device)
+        elif models.planner is not None:
+            self.device = models.planner.device
+        elif models.dit is not None:
+            self.device = models.dit.device
+        else:
+            self.device = torch.device("cpu")
 
     @classmethod
     def from_pretrained(cls, root: Union[str, Path, ModelPaths], device: Optional[str] = None,
-                        dtype: Optional[str] = None, **overrides) -> "AudioStoryPipeline":
+                        dtype: Optional[str] = None, *, perf: Optional[PerfOptions] = None, low_vram: bool = False,
+                        **overrides) -> "AudioStoryPipeline":
         dev = resolve_device(device)
         paths = root if isinstance(root, ModelPaths) else locate(root, **overrides)
-        return cls(load_models(paths, resolve_dtype(dtype, dev), dev))
+        # Low-VRAM: load on the host and bring each component to the device only for its stage.
+        load_dev = torch.device("cpu") if low_vram else dev
+        return cls(load_models(paths, resolve_dtype(dtype, dev), load_dev), perf=perf, low_vram=low_vram,
+                   device=dev)
+
+    # ------------------------------------------------------------ placement (low-VRAM mode)
+    def _place(self, stage: str) -> None:
+        """Put the component(s) ``stage`` needs on the device and the others on the offload device."""
+        if not self.low_vram:
+            return
+        m = self.models
+        want = {"plan": ("llm", "heads"), "tokens": ("llm", "heads"), "sample": ("dit",), "decode": ("vae",)}[stage]
+        parts = {"llm": m.planner.llm if m.planner is not None else None,
+                 "heads": m.planner.heads if m.planner is not None else None, "dit": m.dit, "vae": m.vae}
+        for name, mod in parts.items():   # offload first so the peak never holds both
+            if mod is not None and name not in want and name != "heads":
+                mod.to(self.offload_device)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        for name in want:
+            if parts[name] is not None:
+                parts[name].to(self.device)
+        if stage == "sample" and m.null_embedding is not None:
+            m.null_embedding = m.null_embedding.to(self.device)
 
     # ------------------------------------------------------------ limits
     @property
@@ -84,10 +129,12 @@ class AudioStoryPipeline:
     # ------------------------------------------------------------ stages
     def plan(self, description: str, total_duration: float, max_new_tokens: Optional[int] = None,
              lead: str = "", hooks: Optional[Hooks] = None) -> PlanResult:
+        self._place("plan")
         return generate_plan(self.models.planner, description, total_duration, lead=lead,
-                             max_new_tokens=max_new_tokens, hooks=hooks)
+                             max_new_tokens=max_new_tokens, hooks=hooks, **self.perf.plan_kwargs)
 
     def tokens(self, plan: Union[StoryPlan, PlanResult], hooks: Optional[Hooks] = None) -> EventTokens:
+        self._place("tokens")
         if isinstance(plan, PlanResult):
             return event_tokens(self.models.planner, plan.plan, plan, hooks)
         return event_tokens(self.models.planner, plan, None, hooks)
@@ -95,9 +142,11 @@ class AudioStoryPipeline:
     def sample(self, tokens: EventTokens, *, crossfade: float = 3.0, steps: int = 50, guidance: float = 4.0,
                noise: str = "seeded", seed: int = 0, sampler: str = "euler",
                hooks: Optional[Hooks] = None) -> torch.Tensor:
+        self._place("sample")
         return sample_latents(self.models.dit, tokens.fused, self.models.null_embedding,
                               clip_seconds(tokens.durations, crossfade), steps=steps, guidance=guidance,
-                              noise=noise, seed=seed, sampler=sampler, hooks=hooks)
+                              noise=noise, seed=seed, sampler=sampler, hooks=hooks,
+                              compile=self.perf.compile_dit, attention_backend=self.perf.attention_backend)
 
     def decode(self, latents: torch.Tensor, durations: list[float], *, crossfade: float = 3.0,
                sample_rate: int = REFERENCE_SAMPLE_RATE, curve: str = "linear",
@@ -105,7 +154,18 @@ class AudioStoryPipeline:
         vae = self.models.vae
         sr_vae = int(vae.config.sampling_rate)
         sr = sr_vae if sample_rate in (None, 0) else int(sample_rate)
-        clips = decode_clips(vae, latents, clip_seconds(durations, crossfade), hooks)
+        self._place("decode")
+        perf = self.perf
+        secs = clip_seconds(durations, crossfade)
+        if self.low_vram:
+            clips = decode_clips_fast(vae, latents, secs, hooks, batch=1, trim=perf.vae_trim,
+                                      chunk_frames=perf.vae_chunk_frames or LOW_VRAM_CHUNK_FRAMES,
+                                      overlap=perf.vae_overlap_frames)
+        elif not perf.reference_vae:
+            clips = decode_clips_fast(vae, latents, secs, hooks, batch=perf.vae_batch, trim=perf.vae_trim,
+                                      chunk_frames=perf.vae_chunk_frames, overlap=perf.vae_overlap_frames)
+        else:
+            clips = decode_clips(vae, latents, secs, hooks)
         clips = [resample(c, sr_vae, sr) for c in clips]
         return crossfade_concat(clips, sr, crossfade, curve), clips, sr
 

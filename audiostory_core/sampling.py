@@ -8,7 +8,9 @@ where the negative is T5("") and both halves share the duration token, and the n
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import contextlib
+import weakref
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -49,9 +51,10 @@ class Denoiser:
     """Velocity of the DiT with classifier-free guidance, for a batch of events."""
 
     def __init__(self, dit, tokens: torch.Tensor, null_embedding: torch.Tensor, seconds: Sequence[float],
-                 guidance: float):
+                 guidance: float, forward: Optional[Callable] = None):
         e = tokens.shape[0]
         self.dit, self.guidance, self.cfg = dit, float(guidance), guidance > 1.0
+        self.forward = forward if forward is not None else dit
         secs = torch.tensor(list(seconds), dtype=torch.float32)
         if self.cfg:
             neg = null_embedding.to(dit.device, dit.dtype).expand(e, -1, -1)
@@ -63,7 +66,7 @@ class Denoiser:
 
     def __call__(self, x: torch.Tensor, timestep_over_1000: torch.Tensor) -> torch.Tensor:
         x_in = torch.cat([x, x]) if self.cfg else x
-        v = self.dit(x_in, timestep_over_1000, self.context, self.pooled)
+        v = self.forward(x_in, timestep_over_1000, self.context, self.pooled)
         if self.cfg:
             u, c = v.chunk(2)
             v = cfg_combine(u, c, self.guidance)
@@ -74,8 +77,16 @@ class Denoiser:
 def sample_latents(dit, tokens: torch.Tensor, null_embedding: torch.Tensor, seconds: Sequence[float], *,
                    steps: int = 50, guidance: float = 4.0, noise: str = "reference", seed: int = 0,
                    sampler: str = "euler", initial_noise: Optional[torch.Tensor] = None,
-                   hooks: Optional[Hooks] = None) -> torch.Tensor:
-    """Sample ``[E, audio_seq_len, 64]`` latents (fp32, on the DiT's device) for all events in one batch."""
+                   hooks: Optional[Hooks] = None, compile: Union[bool, str] = False,
+                   attention_backend: Optional[str] = None) -> torch.Tensor:
+    """Sample ``[E, audio_seq_len, 64]`` latents (fp32, on the DiT's device) for all events in one batch.
+
+    Speed options (defaults = the reference computation): ``compile`` runs the DiT step through
+    ``torch.compile`` (``True`` = ``mode="reduce-overhead"``, i.e. CUDA graphs; a string names the
+    mode); it is only applied on CUDA, elsewhere the step stays eager. ``attention_backend`` selects
+    a diffusers attention backend (``"native"`` = SDPA, ``"_native_flash"``, ``"flash"``, ``"_flash_3"``,
+    ...) for this call only.
+    """
     hooks = as_hooks(hooks)
     if steps < 1:
         raise InputError("steps must be at least 1")
@@ -87,17 +98,58 @@ def sample_latents(dit, tokens: torch.Tensor, null_embedding: torch.Tensor, seco
     t_len = dit.config.audio_seq_len
     x = initial_noise if initial_noise is not None else make_noise(noise, e, t_len, seed)
     x = x.to(dit.device)
-    model = Denoiser(dit, tokens, null_embedding, seconds, guidance)
-    if sampler == "heun":
-        return _heun(model, x, steps, hooks)
-    sched = _scheduler(sampler, steps, dit.device)
+    with _attention(attention_backend):
+        model = Denoiser(dit, tokens, null_embedding, seconds, guidance, forward=compiled_dit(dit, compile))
+        if sampler == "heun":
+            return _heun(model, x, steps, hooks)
+        return _loop(model, x, sampler, steps, dit.device, hooks)
+
+
+def _loop(model: Callable, x: torch.Tensor, sampler: str, steps: int, device, hooks: Hooks) -> torch.Tensor:
+    sched = _scheduler(sampler, steps, device)
     total = len(sched.timesteps)
     for i, t in enumerate(sched.timesteps):
         hooks.check()
-        v = model(x, torch.tensor([t / 1000], device=dit.device))
+        v = model(x, torch.tensor([t / 1000], device=device))
         x = sched.step(v, t, x).prev_sample
         hooks.report("sample", i + 1, total)
     return x.float()
+
+
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_dit(dit, compile: Union[bool, str]) -> Optional[Callable]:
+    """The DiT forward through ``torch.compile`` (cached per module and mode), or None for eager.
+
+    Only on CUDA: on other devices None is returned and the reference eager forward is used.
+    """
+    if not compile or dit.device.type != "cuda":
+        return None
+    mode = "reduce-overhead" if compile is True else str(compile)
+    per = _COMPILED.setdefault(dit, {})
+    if mode not in per:
+        fn = torch.compile(dit.forward, mode=mode, fullgraph=True, dynamic=False)
+        cudagraphs = "reduce-overhead" in mode or mode == "max-autotune"
+
+        def step(*args, _fn=fn, _cg=cudagraphs):
+            if _cg:
+                torch.compiler.cudagraph_mark_step_begin()
+            return _fn(*args)
+
+        per[mode] = step
+    return per[mode]
+
+
+@contextlib.contextmanager
+def _attention(backend: Optional[str]):
+    if not backend:
+        yield
+        return
+    from diffusers.models.attention_dispatch import attention_backend
+
+    with attention_backend(backend):
+        yield
 
 
 def _scheduler(sampler: str, steps: int, device):
