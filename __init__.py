@@ -1,0 +1,21 @@
+"""AudioStory for ComfyUI: long-form narrative audio (LLM plan -> event tokens -> flow DiT -> Oobleck VAE).
+
+ComfyUI V3 entry point. The nodes are thin adapters over ``audiostory_core`` (plain PyTorch,
+usable without ComfyUI: ``python -m audiostory_core generate ...``).
+"""
+from comfy_api.latest import ComfyExtension
+
+from .nodes import core_nodes as _core_nodes  # noqa: F401  (import errors show with a traceback)
+from .nodes import load_nodes
+
+
+class AudioStoryExtension(ComfyExtension):
+    async def get_node_list(self):
+        return load_nodes()
+
+
+async def comfy_entrypoint() -> AudioStoryExtension:
+    return AudioStoryExtension()
+
+
+__all__ = ["comfy_entrypoint"]
