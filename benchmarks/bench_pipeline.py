@@ -1,0 +1,409 @@
+"""End-to-end benchmark: a 5-event story, fast paths vs the reference way, in the same run.
+
+    python benchmarks/bench_pipeline.py --size tiny            # CPU, seconds (CI)
+    python benchmarks/bench_pipeline.py --size real            # GPU: Qwen2.5-3B shape, 515M DiT, Oobleck
+
+Random weights cannot plan, so a fixed synthetic story drives the LLM: reasoning (~150 tokens),
+then per event ``<|gen|>`` caption ``<timestamp>d</timestamp>`` (~30 tokens) and the query blocks.
+Both paths run the real decode work (full forward + logits + penalty + processors + argmax per
+token), but the *chosen* token comes from the script:
+
+* fast: :func:`generate_plan` with ``fast=True, static_cache=True, compile=True`` and a
+  :class:`ScriptedTokens` source (forced blocks in one forward; CUDA graphs on CUDA), event tokens
+  from the kept states, all events and both CFG halves in one batch (compiled DiT step on CUDA),
+  batched + trimmed VAE decode;
+* reference: HF ``generate(output_hidden_states=True)`` with the official logits processors and a
+  script processor (token-by-token blocks), states gathered like the official code, one
+  ``sample_latents`` call per event (diffusers Euler scheduler, eager), one VAE call per clip.
+
+Both use the same loaded weights and dtype (fp16 on CUDA, like the official run; fp32 on CPU).
+The cold start (weights in the official layout on disk -> pipeline ready) is measured in a fresh
+subprocess, with its peak host RSS. Prints a markdown table; ``--json`` writes all numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.official_layout import SIZES, SizeSpec, write_random_checkpoint  # noqa: E402
+
+STAGES = ("plan decode", "tokens", "sampling (all events)", "VAE decode", "stitch", "total")
+DESCRIPTION = "A synthetic benchmark story"
+
+
+# ------------------------------------------------------------------ the synthetic story
+def _text(n: int, seed: int) -> str:
+    words = ("rain", "door", "wind", "steps", "bell", "train", "crowd", "dog", "sea", "engine", "birds", "night")
+    out, i = "", seed
+    while len(out) < n:
+        out += words[i % len(words)] + " "
+        i = i * 7 + 3
+    return out[:n].strip().ljust(n, "a")
+
+
+def story_script(tok, ids, spec: SizeSpec) -> tuple[list[int], dict]:
+    """Token ids of the synthetic transcript (the tokenizer maps one ASCII char to one token)."""
+    from audiostory_core.grammar import (AUD_CLOSE, AUD_OPEN, AUD_QUERY, GEN_CLOSE, GEN_OPEN, T5_CLOSE, T5_OPEN,
+                                         T5_QUERY, THINK_CLOSE)
+
+    dur = spec.total_seconds / spec.events
+    ts = f"<timestamp>{dur:.1f}</timestamp>"
+    ts_tokens = len(tok.encode(ts, add_special_tokens=False))
+    text = _text(spec.reasoning_tokens, 1) + THINK_CLOSE
+    for e in range(spec.events):
+        text += (GEN_OPEN + _text(spec.caption_tokens - ts_tokens, e + 5) + ts + T5_OPEN
+                 + "".join(T5_QUERY.format(i) for i in range(spec.n_semantic)) + T5_CLOSE + AUD_OPEN
+                 + "".join(AUD_QUERY.format(i) for i in range(spec.n_residual)) + AUD_CLOSE + GEN_CLOSE)
+    text += "<|im_end|>"
+    script = tok.encode(text, add_special_tokens=False)
+    forced = spec.events * (spec.n_semantic + 1 + spec.n_residual + 1)
+    return script, {"tokens": len(script), "forced": forced, "free": len(script) - forced,
+                    "event_seconds": dur}
+
+
+# ------------------------------------------------------------------ helpers
+class Clock:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+    if a.shape != b.shape:
+        n = min(a.shape[-1], b.shape[-1])
+        a, b = a[..., :n], b[..., :n]
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+class ScriptProcessor:
+    """HF logits processor that makes ``generate`` pick the script's token (argmax still computed)."""
+
+    def __init__(self, script: list[int], prompt_len: int):
+        self.script, self.prompt_len = script, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        torch.argmax(scores, dim=-1)
+        i = input_ids.shape[1] - self.prompt_len
+        out = torch.full_like(scores, -float("inf"))
+        out[:, self.script[i]] = 0.0
+        return out
+
+
+class OfficialBlockProcessor:
+    """``AutoT5TokenGenerationProcessor`` / ``AutoAudioTokenGenerationProcessor`` of the official code."""
+
+    def __init__(self, block: list[int]):
+        self.block = block
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for b in range(input_ids.shape[0]):
+            last = int(input_ids[b, -1])
+            if last in self.block[:-1]:
+                nxt = self.block[self.block.index(last) + 1]
+                scores[b, nxt] = scores[b].max() + 10.0
+            else:
+                scores[b, self.block[1:]] = 0.0
+        return scores
+
+
+# ------------------------------------------------------------------ the two paths
+def run_reference(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from audiostory_core.audio import crossfade_concat, decode_clips, resample
+    from audiostory_core.event_tokens import clip_seconds
+    from audiostory_core.grammar import build_instruction
+    from audiostory_core.plan import plan_from_transcript, prompt_ids_for
+    from audiostory_core.sampling import sample_latents
+
+    m = pipe.models
+    pl = m.planner
+    t = {}
+    t0 = clock.now()
+    instruction = build_instruction(DESCRIPTION, spec.total_seconds)
+    prompt = prompt_ids_for(pl.tokenizer, instruction)
+    ids = torch.tensor([prompt], device=pl.device)
+    lp = LogitsProcessorList([OfficialBlockProcessor(pl.ids.semantic_block()),
+                              OfficialBlockProcessor(pl.ids.residual_block()),
+                              ScriptProcessor(script, len(prompt))])
+    gc = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=pl.generation.max_new_tokens,
+                          repetition_penalty=pl.generation.repetition_penalty,
+                          eos_token_id=list(pl.generation.eos_token_ids),
+                          pad_token_id=pl.generation.eos_token_ids[-1])
+    out = pl.llm.generate(input_ids=ids, inputs_embeds=pl.llm.get_input_embeddings()(ids),
+                          attention_mask=torch.ones_like(ids), output_hidden_states=True,
+                          return_dict_in_generate=True, logits_processor=lp, generation_config=gc)
+    gen = out.sequences[0][len(prompt):].tolist() if out.sequences.shape[1] > len(script) else out.sequences[0].tolist()
+    lhs = torch.cat([hs[-1] for hs in out.hidden_states], dim=1)[0, len(prompt):]
+    t1 = clock.now()
+    t["plan decode"] = t1 - t0
+    plan = plan_from_transcript(pl.tokenizer, pl.ids, instruction, gen, spec.total_seconds)
+    n, mm = pl.ids.n_semantic, pl.ids.n_residual
+    eot = [i for i, x in enumerate(gen) if x == pl.ids.t5_close]
+    eoa = [i for i, x in enumerate(gen) if x == pl.ids.aud_close]
+    sem_h = torch.stack([lhs[e - n:e] for e in eot])
+    res_h = torch.stack([lhs[e - mm:e] for e in eoa])
+    sem, res = pl.heads.project(sem_h, res_h)
+    fused = pl.heads.fuse(sem, res)
+    t2 = clock.now()
+    t["tokens"] = t2 - t1
+    secs = clip_seconds(plan.durations, 3.0)
+    lat = torch.cat([sample_latents(m.dit, fused[i:i + 1], m.null_embedding, [secs[i]], steps=steps,
+                                    guidance=4.0, noise="reference") for i in range(len(secs))])
+    t3 = clock.now()
+    t["sampling (all events)"] = t3 - t2
+    clips = decode_clips(m.vae, lat, secs)
+    t4 = clock.now()
+    t["VAE decode"] = t4 - t3
+    sr_vae = int(m.vae.config.sampling_rate)
+    audio = crossfade_concat([resample(c, sr_vae, 32000) for c in clips], 32000, 3.0)
+    t5 = clock.now()
+    t["stitch"] = t5 - t4
+    t["total"] = t5 - t0
+    return {"times": t, "ids": gen, "semantic": sem, "latents": lat, "audio": audio, "plan": plan}
+
+
+def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
+    from audiostory_core.audio import crossfade_concat, resample
+    from audiostory_core.event_tokens import clip_seconds, event_tokens
+    from audiostory_core.fast_decode import ScriptedTokens
+    from audiostory_core.fast_vae import decode_clips_fast
+    from audiostory_core.plan import generate_plan
+    from audiostory_core.sampling import sample_latents
+
+    m, perf = pipe.models, pipe.perf
+    t, stats = {}, {}
+    t0 = clock.now()
+    pipe._place("plan")
+    res = generate_plan(m.planner, DESCRIPTION, spec.total_seconds, token_source=ScriptedTokens(script),
+                        stats=stats, **perf.plan_kwargs)
+    t1 = clock.now()
+    t["plan decode"] = t1 - t0
+    toks = event_tokens(m.planner, res.plan, res)
+    t2 = clock.now()
+    t["tokens"] = t2 - t1
+    secs = clip_seconds(res.plan.durations, 3.0)
+    pipe._place("sample")
+    lat = sample_latents(m.dit, toks.fused, m.null_embedding, secs, steps=steps, guidance=4.0, noise="reference",
+                         compile=perf.compile_dit, attention_backend=perf.attention_backend)
+    t3 = clock.now()
+    t["sampling (all events)"] = t3 - t2
+    pipe._place("decode")
+    chunk = perf.vae_chunk_frames or (128 if pipe.low_vram else None)
+    clips = decode_clips_fast(m.vae, lat, secs, batch=1 if pipe.low_vram else perf.vae_batch, trim=perf.vae_trim,
+                              chunk_frames=chunk, overlap=perf.vae_overlap_frames)
+    t4 = clock.now()
+    t["VAE decode"] = t4 - t3
+    sr_vae = int(m.vae.config.sampling_rate)
+    audio = crossfade_concat([resample(c, sr_vae, 32000) for c in clips], 32000, 3.0)
+    t5 = clock.now()
+    t["stitch"] = t5 - t4
+    t["total"] = t5 - t0
+    return {"times": t, "ids": res.plan.transcript_ids, "semantic": toks.semantic, "latents": lat,
+            "audio": audio, "plan": res.plan, "stats": stats}
+
+
+def _timed(fn, repeats: int, device: torch.device) -> tuple[dict, dict]:
+    """Run ``fn`` ``repeats`` times after the caller's warm-up; median times and peak memory."""
+    runs = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(repeats):
+        runs.append(fn())
+    res = runs[-1]
+    res["times"] = {k: statistics.median(r["times"][k] for r in runs) for k in STAGES}
+    mem = {"peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30} if device.type == "cuda" else {}
+    return res, mem
+
+
+def cold_start(root: Path, device: str, dtype: str) -> dict:
+    """Load the pipeline from disk in a fresh process; seconds, peak host RSS and VRAM there."""
+    code = f"""
+import json, os, resource, sys, time, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {str(ROOT)!r})
+import torch
+from audiostory_core.pipeline import AudioStoryPipeline
+t = time.perf_counter()
+p = AudioStoryPipeline.from_pretrained({str(root)!r}, device={device!r}, dtype={dtype!r})
+if torch.cuda.is_available(): torch.cuda.synchronize()
+dt = time.perf_counter() - t
+vram = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+print(json.dumps({{"seconds": dt, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                   "peak_vram_gb": vram}}))
+"""
+    env = dict(os.environ)
+    env["AUDIOSTORY_CACHE"] = str(root / ".cache")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError("cold-start subprocess failed:\n" + out.stderr[-4000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ table
+def fmt_table(ref: dict, fast: dict, extra: dict, low: Optional[dict] = None) -> str:
+    cols = ["stage", "reference (s)", "fast (s)", "ratio ref/fast"] + (["fast low-VRAM (s)"] if low else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for k in STAGES:
+        r, f = ref["times"][k], fast["times"][k]
+        row = [k, f"{r:.3f}", f"{f:.3f}", f"{r / f:.1f}x" if f > 0 else "-"]
+        if low:
+            row.append(f"{low['times'][k]:.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    for name, key in (("free decoding (tokens/s)", "free_tps"),):
+        row = [name, f"{extra['ref_' + key]:.0f}", f"{extra['fast_' + key]:.0f}",
+               f"{extra['fast_' + key] / extra['ref_' + key]:.1f}x"]
+        if low:
+            row.append(f"{extra.get('low_' + key, 0):.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    mem_name = "peak VRAM (GB)" if extra["cuda"] else "peak RSS of the process (GB)"
+    row = [mem_name, f"{extra['ref_mem']:.2f}", f"{extra['fast_mem']:.2f}", "-"]
+    if low:
+        row.append(f"{extra['low_mem']:.2f}")
+    lines.append("| " + " | ".join(row) + " |")
+    cs = extra["cold_start"]
+    row = ["cold start, disk -> ready (s)", f"{cs['seconds']:.2f}", f"{cs['seconds']:.2f}", "same loader"]
+    if low:
+        row.append("-")
+    lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ main
+def main(argv: Optional[list[str]] = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", help="auto = fp16 on CUDA (as the official run), fp32 on CPU")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up (median)")
+    ap.add_argument("--workdir", default=None, help="where the random checkpoint is written (default: temp dir)")
+    ap.add_argument("--no-compile", action="store_true", help="fast path without torch.compile / CUDA graphs")
+    ap.add_argument("--low-vram", action="store_true", help="also time the fast path in low-VRAM mode")
+    ap.add_argument("--skip-reference", action="store_true", help="(debug) time the fast path only")
+    ap.add_argument("--json", default=None, help="write every number to this file")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    from audiostory_core.loading import load_models
+    from audiostory_core.config import locate
+    from audiostory_core.perf import PerfOptions
+    from audiostory_core.pipeline import AudioStoryPipeline, resolve_device, resolve_dtype
+
+    spec = SIZES[args.size]
+    dev = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, dev)
+    dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    clock = Clock(dev)
+    tmp = None
+    if args.workdir:
+        work = Path(args.workdir)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="audiostory-bench-")
+        work = Path(tmp.name)
+    root = work / f"random-{spec.name}"
+    os.environ.setdefault("AUDIOSTORY_CACHE", str(root / ".cache"))
+    try:
+        t = time.perf_counter()
+        if not (root / "AudioStory-3B" / "pytorch_model.bin").is_file():
+            write_random_checkpoint(root, spec)
+        write_s = time.perf_counter() - t
+        cs = cold_start(root, str(dev), dtype_name)
+        models = load_models(locate(root), dtype, dev)
+        fast_perf = PerfOptions.fast(compile_decode=not args.no_compile,
+                                     compile_dit=False if args.no_compile else True)
+        ref_pipe = AudioStoryPipeline(models)
+        fast_pipe = AudioStoryPipeline(models, perf=fast_perf)
+        pl = models.planner
+        script, info = story_script(pl.tokenizer, pl.ids, spec)
+
+        # warm-up (compilation, allocator, kernels), then the timed runs
+        run_fast(fast_pipe, script, spec, args.steps, clock)
+        fast, fast_mem = _timed(lambda: run_fast(fast_pipe, script, spec, args.steps, clock), args.repeats, dev)
+        if not args.skip_reference:
+            run_reference(ref_pipe, script, spec, args.steps, clock)
+            ref, ref_mem = _timed(lambda: run_reference(ref_pipe, script, spec, args.steps, clock), args.repeats, dev)
+        else:
+            ref, ref_mem = fast, fast_mem
+        low = low_mem = None
+        if args.low_vram:
+            low_pipe = AudioStoryPipeline(models, perf=fast_perf, low_vram=True, device=dev)
+            if dev.type == "cuda":
+                for mod in (models.planner.llm, models.dit, models.vae):
+                    mod.to("cpu")
+                torch.cuda.empty_cache()
+            run_fast(low_pipe, script, spec, args.steps, clock)
+            low, low_mem = _timed(lambda: run_fast(low_pipe, script, spec, args.steps, clock), args.repeats, dev)
+        cuda = dev.type == "cuda"
+        free_fast = info["free"] / fast["times"]["plan decode"]
+        extra = {"cuda": cuda, "cold_start": cs,
+                 "ref_free_tps": info["free"] / ref["times"]["plan decode"], "fast_free_tps": free_fast,
+                 "ref_mem": ref_mem.get("peak_vram_gb", peak_rss_mb() / 1024),
+                 "fast_mem": fast_mem.get("peak_vram_gb", peak_rss_mb() / 1024)}
+        if low:
+            extra["low_free_tps"] = info["free"] / low["times"]["plan decode"]
+            extra["low_mem"] = low_mem.get("peak_vram_gb", peak_rss_mb() / 1024)
+        table = fmt_table(ref, fast, extra, low)
+        parity = {
+            "plan_ids_equal": fast["ids"] == ref["ids"],
+            "plan_text_equal": fast["plan"].text() == ref["plan"].text(),
+            "events": len(fast["plan"].events),
+            "semantic_rel_err": rel_err(fast["semantic"], ref["semantic"]),
+            "latents_rel_err": rel_err(fast["latents"], ref["latents"]),
+            "audio_rel_err": rel_err(fast["audio"], ref["audio"]),
+        }
+        if low:
+            parity["low_vram_audio_rel_err_vs_fast"] = rel_err(low["audio"], fast["audio"])
+        name = torch.cuda.get_device_name(dev) if cuda else f"CPU ({os.cpu_count()} cores)"
+        header = (f"AudioStory benchmark, size={spec.name}, device={name}, dtype={dtype_name}, steps={args.steps}, "
+                  f"torch {torch.__version__}\nstory: {spec.events} events, {spec.total_seconds:g} s, "
+                  f"{info['tokens']} generated tokens ({info['free']} free, {info['forced']} forced); "
+                  f"fast decode forwards: {fast['stats'].get('forwards')}, block fallbacks: "
+                  f"{fast['stats'].get('fallbacks')}; random checkpoint written in {write_s:.1f} s"
+                  + ("" if not args.skip_reference else "\n(reference skipped: columns repeat the fast path)"))
+        cs_line = (f"cold start: {cs['seconds']:.2f} s, peak host RSS {cs['peak_rss_gb']:.2f} GB"
+                   + (f", peak VRAM {cs['peak_vram_gb']:.2f} GB" if cs.get("peak_vram_gb") is not None else ""))
+        par_line = ("parity fast vs reference: plan ids equal {plan_ids_equal}, plan text equal {plan_text_equal}, "
+                    "rel. error semantic tokens {semantic_rel_err:.2e}, latents {latents_rel_err:.2e}, "
+                    "audio {audio_rel_err:.2e}").format(**parity)
+        report = "\n".join([header, "", table, "", cs_line, par_line])
+        print(report, flush=True)
+        result = {"size": spec.name, "device": name, "dtype": dtype_name, "steps": args.steps,
+                  "reference": ref["times"], "fast": fast["times"], "low_vram": low["times"] if low else None,
+                  "extra": extra, "parity": parity, "story": info, "fast_stats": fast["stats"],
+                  "table": table, "report": report}
+        if args.json:
+            Path(args.json).write_text(json.dumps({k: v for k, v in result.items() if k != "report"}, indent=2))
+        return result
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
