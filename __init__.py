@@ -3,19 +3,20 @@
 ComfyUI V3 entry point. The nodes are thin adapters over ``audiostory_core`` (plain PyTorch,
 usable without ComfyUI: ``python -m audiostory_core generate ...``).
 """
-from comfy_api.latest import ComfyExtension
+try:
+    from comfy_api.latest import ComfyExtension
+except ImportError:  # imported outside ComfyUI (e.g. pytest collecting the repository as a package)
+    ComfyExtension = None
 
-from .nodes import core_nodes as _core_nodes  # noqa: F401  (import errors show with a traceback)
-from .nodes import load_nodes
+if ComfyExtension is not None:
+    from .nodes import core_nodes as _core_nodes  # noqa: F401  (import errors show with a traceback)
+    from .nodes import load_nodes
 
+    class AudioStoryExtension(ComfyExtension):
+        async def get_node_list(self):
+            return load_nodes()
 
-class AudioStoryExtension(ComfyExtension):
-    async def get_node_list(self):
-        return load_nodes()
+    async def comfy_entrypoint() -> AudioStoryExtension:
+        return AudioStoryExtension()
 
-
-async def comfy_entrypoint() -> AudioStoryExtension:
-    return AudioStoryExtension()
-
-
-__all__ = ["comfy_entrypoint"]
+    __all__ = ["comfy_entrypoint"]

@@ -1,0 +1,274 @@
+"""Node logic without ComfyUI: value objects, validation, layouts, memory, saving, text streaming."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = "audiostory_pack_under_test"
+
+
+@pytest.fixture(scope="module")
+def logic():
+    """Import ``nodes/logic.py`` the way ComfyUI imports the pack (as a sub-package), without ComfyUI."""
+    if PKG not in sys.modules:
+        pkg = types.ModuleType(PKG)
+        pkg.__path__ = [str(ROOT)]
+        sys.modules[PKG] = pkg
+    return importlib.import_module(f"{PKG}.nodes.logic")
+
+
+@pytest.fixture(scope="module")
+def core(logic):
+    return importlib.import_module(f"{PKG}.audiostory_core")
+
+
+def _plan(core, durations=(4.0, 3.5)):
+    from_dict = importlib.import_module(f"{PKG}.audiostory_core.plan").StoryPlan.from_dict
+    return from_dict({"instruction": "x. The total duration is 7.5 seconds.", "reasoning": "r",
+                      "events": [{"caption": f"event {i}", "duration": d} for i, d in enumerate(durations)]})
+
+
+def test_core_imports_no_comfy(logic):
+    assert not any(m == "comfy" or m.startswith("comfy.") for m in sys.modules), "core/logic imported ComfyUI"
+
+
+def test_seconds_bits_roundtrip(logic):
+    secs = [3.3, 7.0, 4.123456789]
+    bits = logic.seconds_to_bits(secs)
+    assert bits.dtype == torch.int32
+    back = logic.bits_to_seconds(bits)
+    assert torch.equal(back, torch.tensor(secs, dtype=torch.float32))
+    # integer tensors are not cast by ComfyUI's convert_tensor: repeat/concat keep the values exact
+    assert torch.equal(logic.bits_to_seconds(torch.cat([bits, bits])), torch.tensor(secs * 2, dtype=torch.float32))
+
+
+def test_latent_layout(logic):
+    x = torch.randn(3, 176, 64)
+    c = logic.to_comfy_latent(x)
+    assert c.shape == (3, 64, 176) and torch.equal(logic.from_comfy_latent(c), x)
+    with pytest.raises(Exception, match="events, 64, frames"):
+        logic.from_comfy_latent(torch.zeros(3, 64))
+
+
+def _events(logic, core, durations=(4.0, 3.5), crossfade=3.0):
+    et = importlib.import_module(f"{PKG}.audiostory_core.event_tokens")
+    e = len(durations)
+    toks = et.EventTokens(semantic=torch.randn(e, 8, 1024), residual=torch.randn(e, 4, 1024),
+                          fused=torch.randn(e, 8, 1024), durations=list(durations))
+    return logic.EventsBundle(tokens=toks, fused=toks.fused, null_embedding=torch.randn(1, 8, 1024),
+                              crossfade=crossfade, audio_seq_len=176)
+
+
+def test_conditioning_and_empty_latent(logic, core):
+    ev = _events(logic, core)
+    pos, neg = logic.conditioning_pair(ev)
+    assert pos[0][0].shape == (2, 8, 1024) and neg[0][0].shape == (2, 8, 1024)
+    assert torch.equal(neg[0][0][1], ev.null_embedding[0])
+    assert torch.equal(logic.bits_to_seconds(pos[0][1]["audiostory_seconds"]), torch.tensor([7.0, 3.5]))
+    assert torch.equal(pos[0][1]["audiostory_seconds"], neg[0][1]["audiostory_seconds"])
+    lat = logic.empty_latent(ev)
+    assert lat["type"] == "audio" and lat["samples"].shape == (2, 64, 176) and not lat["samples"].any()
+    logic.check_latent_matches(lat["samples"], ev)
+    with pytest.raises(Exception, match="3 clips but the events input has 2"):
+        logic.check_latent_matches(torch.zeros(3, 64, 176), ev)
+
+
+def test_clip_length_check(logic):
+    logic.check_clip_lengths([4.0, 5.0], 3.0, 8.17)
+    with pytest.raises(Exception, match=r"event 1: 8.50 s .*8.17 s"):
+        logic.check_clip_lengths([5.5, 2.0], 3.0, 8.17)
+    with pytest.raises(Exception, match="crossfade"):
+        logic.check_clip_lengths([1.0], -1.0, 8.0)
+
+
+def test_plan_json_errors(logic):
+    with pytest.raises(Exception, match="line 2, column"):
+        logic.parse_plan_json('{\n  "events": [,]}')
+    with pytest.raises(Exception, match="empty"):
+        logic.parse_plan_json("   ")
+    with pytest.raises(Exception, match=r"events\[0\].duration"):
+        logic.parse_plan_json(json.dumps({"events": [{"caption": "a", "duration": -1}]}))
+    plan = logic.parse_plan_json(json.dumps({"instruction": "i", "reasoning": "r",
+                                             "events": [{"caption": "a", "duration": 2}]}))
+    assert plan.durations == [2.0]
+
+
+def test_validate_plan_inputs(logic):
+    assert logic.validate_plan_inputs("a story", 12.0, 1600) is None
+    assert "empty" in logic.validate_plan_inputs("  ", 12.0, 1600)
+    assert "total_duration" in logic.validate_plan_inputs("a", 0.0, 1600)
+    assert "total_duration" in logic.validate_plan_inputs("a", 601.0, 1600)
+    assert "max_new_tokens" in logic.validate_plan_inputs("a", 5.0, 3)
+    assert logic.validate_plan_inputs(None, None, None) is None   # linked inputs are checked at run time
+
+
+def test_model_roots(logic, tmp_path, shared_root):
+    base = tmp_path / "audiostory"
+    base.mkdir()
+    (base / "AudioStory").symlink_to(shared_root)
+    (base / "not_a_model").mkdir()
+    assert logic.list_model_roots([str(base), str(tmp_path / "missing")]) == ["AudioStory"]
+    assert logic.resolve_model_root([str(base)], "AudioStory") == base / "AudioStory"
+    with pytest.raises(Exception, match="was not found"):
+        logic.resolve_model_root([str(base)], "Other")
+    with pytest.raises(Exception, match="Invalid"):
+        logic.resolve_model_root([str(base)], "../x")
+    assert "models/audiostory" in logic.no_roots_message([]) or "audiostory" in logic.no_roots_message([])
+
+
+def test_dtype_choice(logic):
+    assert logic.dtype_from_choice("auto") is None
+    assert logic.dtype_from_choice("bf16") is torch.bfloat16
+    with pytest.raises(Exception):
+        logic.dtype_from_choice("fp8")
+
+
+def test_memory_paths_and_modes(logic, core, tmp_path):
+    f = logic.memory_file(str(tmp_path), "audiostory/memory/story")
+    assert f == tmp_path / "audiostory/memory/story.safetensors"
+    for bad in ("/etc/x", "../x", "a/../../x", ""):
+        with pytest.raises(Exception):
+            logic.memory_file(str(tmp_path), bad)
+    empty = logic.memory_for("new", None, None, 4, 0.5)
+    assert empty.is_empty and empty.window == 4
+    with pytest.raises(Exception, match="needs a memory input"):
+        logic.memory_for("save", None, f, 4, 0.5)
+    with pytest.raises(Exception, match="does not exist"):
+        logic.memory_for("load", None, f, 4, 0.5)
+    plan = _plan(core, (4.0, 3.5, 2.0))
+    mem = empty.add_chapter(plan, torch.randn(3, 8, 16), torch.randn(3, 4, 16))
+    mem = mem.add_chapter(_plan(core, (5.0, 1.0)), torch.randn(2, 8, 16), torch.randn(2, 4, 16))
+    assert len(mem.events) == 4 and mem.chapter_count == 2 and mem.remembered_chapters() == [0, 1]
+    assert mem.residual_bank().shape == (16, 16)
+    saved = logic.memory_for("save", mem, f, 4, 0.25)
+    assert f.is_file() and not list(f.parent.glob("*.part"))
+    loaded = logic.memory_for("load", None, f, 4, 0.25)
+    assert loaded.recap() == saved.recap() and loaded.strength == 0.25
+    assert torch.equal(loaded.residual_bank(), saved.residual_bank())
+    assert len(logic.memory_for("pass_through", loaded, None, 1, 0.5).events) == 1
+
+
+def test_fusion_with_empty_memory_is_reference(logic, core):
+    mods = importlib.import_module(f"{PKG}.audiostory_core.modules")
+    mem = importlib.import_module(f"{PKG}.audiostory_core.memory")
+    torch.manual_seed(0)
+    heads = mods.BridgeHeads(16).eval()
+    sem, res = torch.randn(3, 8, 1024), torch.randn(3, 4, 1024)
+    ref = heads.fuse(sem, res)
+    assert torch.equal(mem.fuse_with_memory(heads, sem, res, None, 0.5), ref)
+    assert torch.equal(mem.fuse_with_memory(heads, sem, res, torch.randn(8, 1024), 0.0), ref)
+    # a tiny strength approaches the reference; a real bank changes the tokens
+    bank = torch.randn(8, 1024) * 5
+    near = mem.fuse_with_memory(heads, sem, res, bank, 1e-12)
+    assert torch.allclose(near, ref, atol=1e-4)
+    assert not torch.allclose(mem.fuse_with_memory(heads, sem, res, bank, 1.0), ref, atol=1e-3)
+
+
+def test_prompt_history_with_shared_model(logic, shared_pipeline):
+    """With an empty memory the prompt is the reference one; with a chapter it becomes an earlier chat turn."""
+    mem = importlib.import_module(f"{PKG}.audiostory_core.memory")
+    plan_mod = importlib.import_module(f"{PKG}.audiostory_core.plan")
+    pl = shared_pipeline.models.planner
+    instr = "A fire truck leaves the station with sirens blaring. The total duration is 7.5 seconds."
+    assert mem.with_history(pl.tokenizer, pl.ids, mem.StoryMemory(), instr) is None
+    ch1 = plan_mod.StoryPlan.from_dict({"instruction": "A storm. The total duration is 4.0 seconds.",
+                                        "reasoning": "one event", "events": [{"caption": "rain", "duration": 4}]})
+    m = mem.StoryMemory().add_chapter(ch1, torch.randn(1, 8, 1024), torch.randn(1, 4, 1024))
+    ctx = mem.with_history(pl.tokenizer, pl.ids, m, instr)
+    ref = plan_mod.prompt_ids_for(pl.tokenizer, instr)
+    text = pl.tokenizer.decode(ctx.prompt_ids)
+    grammar = importlib.import_module(f"{PKG}.audiostory_core.grammar")
+    n_sys = len(pl.tokenizer.encode(grammar.SYSTEM_MESSAGE, add_special_tokens=False))
+    assert ctx.prompt_ids[:n_sys] == ref[:n_sys] and ctx.prompt_ids[-(len(ref) - n_sys):] == ref[n_sys:]
+    assert "A storm." in text and "rain" in text and not ctx.positions
+    assert text.index("A storm.") < text.index("fire truck")
+
+
+def test_audio_helpers(logic):
+    a = logic.audio_dict(torch.zeros(2, 100), 32000)
+    assert a["waveform"].shape == (1, 2, 100) and a["sample_rate"] == 32000
+    w, sr = logic.audio_from_dict({"waveform": torch.ones(2, 1, 10), "sample_rate": 16000})
+    assert w.shape == (1, 20) and sr == 16000
+    with pytest.raises(Exception, match="AUDIO"):
+        logic.audio_from_dict({"samples": 1})
+    b = logic.pad_clips([torch.ones(2, 5), torch.ones(2, 3)])
+    assert b.shape == (2, 2, 5) and b[1, :, 3:].abs().sum() == 0
+
+
+def test_save_prefix_and_flac_metadata(logic, tmp_path):
+    import av
+
+    assert logic.safe_prefix("") == "audio/AudioStory"
+    for bad in ("/abs/x", "a/../../x"):
+        with pytest.raises(Exception):
+            logic.safe_prefix(bad)
+    meta = logic.workflow_metadata({"1": {"class_type": "X"}}, {"workflow": {"nodes": []}})
+    f = logic.write_flac_with_metadata(tmp_path / "a.flac", torch.sin(torch.arange(8000) / 10.0).repeat(2, 1) * 0.5,
+                                       32000, meta)
+    with av.open(str(f)) as c:
+        tags = {k.lower(): v for k, v in c.metadata.items()}
+        assert json.loads(tags["prompt"]) == {"1": {"class_type": "X"}}
+        assert json.loads(tags["workflow"]) == {"nodes": []}
+        s = c.streams.audio[0]
+        assert s.rate == 32000 and s.channels == 2
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_text_throttle_and_stage_progress(logic):
+    sent, t = [], [0.0]
+    th = logic.TextThrottle(sent.append, interval=1.0, clock=lambda: t[0])
+    th("a")
+    th("ab")
+    t[0] = 2.0
+    th("abc")
+    th("abcd")
+    th.flush()
+    assert sent == ["a", "abc", "abcd"]
+
+    class Bar:
+        made = []
+
+        def __init__(self, total):
+            self.calls = []
+            Bar.made.append(self)
+
+        def update_absolute(self, v, total=None):
+            self.calls.append((v, total))
+
+    p = logic.StageProgress(Bar)
+    p("plan", 1, 10)
+    p("plan", 2, 10)
+    p("sample", 1, 50)
+    assert len(Bar.made) == 2 and Bar.made[0].calls == [(1, 10), (2, 10)] and Bar.made[1].calls == [(1, 50)]
+
+
+def test_user_error_prefix(logic, core):
+    errs = importlib.import_module(f"{PKG}.audiostory_core.errors")
+    assert logic.user_error(errs.PlanError("bad")).startswith("AudioStory (Plan)")
+    assert logic.user_error(ValueError("x")) == "x"
+
+
+def test_mux_stream_copies_video(tmp_path):
+    """The reusable mux (audiostory_core.mux) copies the video packets byte for byte."""
+    av = pytest.importorskip("av")
+    from audiostory_core.mux import mux_audio_onto_video
+
+    from e2e_media import make_video
+
+    src = make_video(tmp_path / "in.mp4", seconds=2.0)
+    out = mux_audio_onto_video(src, torch.randn(2, 16000) * 0.1, 32000, tmp_path / "out.mp4", policy="pad")
+
+    def packets(p):
+        with av.open(str(p)) as c:
+            return [bytes(x) for x in c.demux(c.streams.video[0]) if x.dts is not None]
+
+    assert packets(src) == packets(out)
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
