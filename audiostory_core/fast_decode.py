@@ -54,7 +54,8 @@ class ScriptedTokens:
     def choose_block(self, scores: torch.Tensor, generated: list) -> list[int]:
         """Tokens chosen at each row of ``scores`` [K, V]; row j follows ``generated`` + j tokens."""
         torch.argmax(scores, dim=-1).tolist()
-        return [self._at(len(generated) + j) for j in range(scores.shape[0])]
+        n = len(generated)
+        return [self.script[n + j] if n + j < len(self.script) else -1 for j in range(scores.shape[0])]
 
 
 def penalise(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
