@@ -62,6 +62,13 @@ SIZES = {
     "real": SizeSpec("real", hidden=2048, layers=36, heads=16, kv_heads=2, ffn=11008, base_vocab=151665,
                      qwen_vocab=151936, n_semantic=64, n_residual=8, lora_r=32, lora_alpha=32,
                      dit_layers=6, dit_single_layers=18, dit_heads=8, audio_seq_len=645),
+    # CPU check of the real vocabulary, tokenizer ids, N/M, 645 frames and 10 s events; small nets.
+    "medium": SizeSpec("medium", hidden=256, layers=2, heads=4, kv_heads=2, ffn=512, base_vocab=151665,
+                       qwen_vocab=151936, n_semantic=64, n_residual=8, lora_r=8, lora_alpha=8,
+                       dit_layers=1, dit_single_layers=1, dit_heads=2, audio_seq_len=645,
+                       vae_config={"encoder_hidden_size": 4, "downsampling_ratios": [2, 4, 4, 8, 8],
+                                   "channel_multiples": [1, 2, 4, 8, 16], "decoder_channels": 4,
+                                   "decoder_input_channels": 64, "audio_channels": 2, "sampling_rate": 44100}),
     # CPU in seconds: same code paths, small shapes; 5 events of 5 s (a clip holds 8.17 s).
     "tiny": SizeSpec("tiny", hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, base_vocab=259, qwen_vocab=264,
                      n_semantic=8, n_residual=4, lora_r=4, lora_alpha=8, dit_layers=1, dit_single_layers=1,
