@@ -1,7 +1,8 @@
 """Audio continuation nodes (ComfyUI V3): AUDIO -> AUDIOSTORY_AUDIO_CONTEXT for the Planner, and the join.
 
-Wire the same instruction and total_duration into this node and the Planner: the context's prompt is
-built for that instruction (the audio tokens sit in the prompt before it).
+The Planner rebuilds the context's prompt for its own instruction and total_duration (the audio tokens
+sit in the prompt next to the instruction), so the two never have to be kept in sync by hand. This node's
+instruction/total_duration only pre-build a prompt context for consumers that read ``.context`` directly.
 """
 from __future__ import annotations
 
@@ -41,9 +42,10 @@ class AudioStoryAudioContext(io.ComfyNode):
                 Planner.Input("planner"),
                 io.Audio.Input("audio", tooltip="Mono or stereo, 8-192 kHz, at most 30 s (or long_input=last)."),
                 io.String.Input("instruction", multiline=True, default="",
-                                tooltip="The same instruction as in the Planner."),
+                                tooltip="Optional. The Planner uses its own instruction and rebuilds the "
+                                        "prompt for it; this only pre-builds a context for other consumers."),
                 io.Float.Input("total_duration", default=12.0, min=1.0, max=600.0, step=0.5,
-                               tooltip="The same total duration as in the Planner (the continuation's length)."),
+                               tooltip="Optional, like instruction: the Planner's total_duration is what counts."),
                 io.Combo.Input("understanding", options=list(MODES), default="auto"),
                 io.String.Input("whisper", default=DEFAULT_WHISPER,
                                 tooltip="Whisper folder under models/audiostory/ or a Hugging Face id."),

@@ -38,8 +38,8 @@ from .logic import (CROSSFADE_CURVES, DTYPE_CHOICES, EXISTING_AUDIO, MEMORY_MODE
                     TextThrottle, audio_dict, audio_from_dict, check_clip_lengths, check_latent_matches,
                     conditioning_pair, describe_plan, dtype_from_choice, empty_latent, from_comfy_latent,
                     list_model_roots, memory_file, memory_for, no_roots_message, pad_clips, parse_plan_json,
-                    resolve_model_root, safe_prefix, to_comfy_latent, validate_plan_inputs, workflow_metadata,
-                    write_flac_with_metadata)
+                    planner_audio_context, resolve_model_root, safe_prefix, to_comfy_latent, validate_plan_inputs,
+                    workflow_metadata, write_flac_with_metadata)
 
 log = logging.getLogger("AudioStory")
 
@@ -208,7 +208,8 @@ class AudioStoryPlanner(io.ComfyNode):
                 Memory.Input("memory", optional=True,
                              tooltip="Earlier chapters: they are shown to the planner as earlier chat turns."),
                 AudioContext.Input("audio_context", optional=True,
-                                   tooltip="Audio to continue (from the continuation nodes)."),
+                                   tooltip="Audio to continue (AudioStory Audio Context). Its prompt is built for this "
+                                           "node's instruction and total_duration."),
                 io.Boolean.Input("unload_llm_after", default=False, optional=True,
                                  tooltip="Move the LLM off the GPU right after planning (it is also evicted "
                                          "automatically when the DiT needs the memory)."),
@@ -234,8 +235,8 @@ class AudioStoryPlanner(io.ComfyNode):
             raise InputError(msg)
         pl = planner.planner
         mm.load_models_gpu([planner.llm_patcher, planner.heads_patcher])
-        lead = getattr(audio_context, "instruction_prefix", "") or "" if audio_context is not None else ""
-        ctx = getattr(audio_context, "context", None) if audio_context is not None else None
+        # the audio context is rebuilt for THIS instruction and duration (not the one it was made with)
+        lead, ctx = planner_audio_context(audio_context, pl.tokenizer, instruction, float(total_duration))
         instr = build_instruction(instruction, float(total_duration), lead)
         ctx = with_history(pl.tokenizer, pl.ids, memory, instr, ctx)
         node_id = cls.hidden.unique_id

@@ -91,10 +91,36 @@ class EventsBundle:
 
 @dataclass
 class AudioContextValue:
-    """What an ``AUDIOSTORY_AUDIO_CONTEXT`` input carries (produced by the continuation nodes)."""
+    """The minimal shape of an ``AUDIOSTORY_AUDIO_CONTEXT`` value: a fixed prompt context and a prefix.
+
+    The continuation nodes pass a richer :class:`~audiostory_core.continuation.AudioContext`, which can
+    build the prompt context for any instruction (``prompt_context``); see :func:`planner_audio_context`.
+    """
 
     context: Optional[PromptContext] = None
     instruction_prefix: str = ""
+
+
+def planner_audio_context(audio_context: Any, tokenizer, instruction: str,
+                          total_duration: float) -> tuple[str, Optional[PromptContext]]:
+    """``(lead, prompt context)`` for the Planner's OWN instruction and total duration.
+
+    The audio tokens sit in the prompt next to the instruction, so a context built for another
+    instruction or duration (e.g. the one typed on the Audio Context node) would plan from the wrong
+    prompt. Contexts that can rebuild themselves (``prompt_context(tokenizer, full_instruction)``, as
+    ``AudioContext`` does) are rebuilt for ``build_instruction(prefix + instruction, total_duration)``;
+    the text fallback has no prompt context (None) and only contributes its prefix. Plain values with
+    a fixed ``.context`` (:class:`AudioContextValue`) are used as given.
+    """
+    from ..audiostory_core.grammar import build_instruction
+
+    if audio_context is None:
+        return "", None
+    lead = getattr(audio_context, "instruction_prefix", "") or ""
+    build = getattr(audio_context, "prompt_context", None)
+    if callable(build):
+        return lead, build(tokenizer, build_instruction(instruction, float(total_duration), lead))
+    return lead, getattr(audio_context, "context", None)
 
 
 # ---------------------------------------------------------------- model roots

@@ -109,7 +109,10 @@ def parse_placeholder(text: str) -> PlaceholderLayout:
 def make_audio_context(planner, wave: torch.Tensor, sample_rate: int, *, tensors: Optional[dict],
                        whisper: Optional[WhisperFeatures], description: str, mode: str, long_input: str,
                        placeholder: str, instruction: str, total_duration: float) -> AudioContext:
-    """AUDIO -> AudioContext bound to the planner's instruction (so ``.context`` is ready to use)."""
+    """AUDIO -> AudioContext, bound to ``instruction`` when one is given (so ``.context`` is ready to use).
+
+    The Planner node does not rely on that binding: it calls ``ctx.prompt_context`` for its own
+    instruction and duration (:func:`nodes.logic.planner_audio_context`)."""
     audio = check_input_audio(wave, sample_rate)
     ctx = build_audio_context(planner, audio, checkpoint_tensors=tensors, whisper=whisper, description=description,
                               mode=mode, long_input=long_input, layout=parse_placeholder(placeholder))

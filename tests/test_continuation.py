@@ -19,6 +19,7 @@ from audiostory_core.errors import InputError, ModelFilesError
 from audiostory_core.loading import Checkpoint
 from audiostory_core.plan import embed_prompt, generate_plan
 from synthetic_media import tone, write_video
+from tiny_media_models import build_tiny_whisper
 
 # An instruction the tiny planner was trained on: it writes 3 clean events (12 s) even with audio tokens.
 STORY = ("A thunderstorm rolls over a quiet farm at night.", 12.0)
@@ -26,17 +27,7 @@ STORY = ("A thunderstorm rolls over a quiet farm at night.", 12.0)
 
 @pytest.fixture(scope="module")
 def whisper_dir(tmp_path_factory) -> Path:
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
-    out = tmp_path_factory.mktemp("models") / "whisper-tiny"
-    cfg = WhisperConfig(vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-                        max_source_positions=1500, max_target_positions=32, pad_token_id=0, bos_token_id=1,
-                        eos_token_id=2, decoder_start_token_id=1)
-    torch.manual_seed(0)
-    WhisperModel(cfg).save_pretrained(out)
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(out)
-    return out
+    return build_tiny_whisper(tmp_path_factory.mktemp("models") / "whisper-tiny")
 
 
 @pytest.fixture(scope="module")

@@ -191,6 +191,61 @@ def test_prompt_history_with_shared_model(logic, shared_pipeline):
     assert text.index("A storm.") < text.index("fire truck")
 
 
+def test_planner_builds_the_audio_prompt_for_its_own_instruction(logic, shared_pipeline, tmp_path):
+    """The Audio Context node may carry another instruction/duration (or none): the Planner's prompt
+    context is rebuilt for the Planner's instruction and total duration, audio tokens included."""
+    from synthetic_media import tone
+    from tiny_media_models import build_tiny_whisper
+
+    media = importlib.import_module(f"{PKG}.nodes.media_logic")
+    cont = importlib.import_module(f"{PKG}.audiostory_core.continuation")
+    grammar = importlib.import_module(f"{PKG}.audiostory_core.grammar")
+    plan_mod = importlib.import_module(f"{PKG}.audiostory_core.plan")
+    pl = shared_pipeline.models.planner
+    tok = pl.tokenizer
+    tensors = media.checkpoint_tensors(shared_pipeline.models.paths.checkpoint)
+    whisper = cont.WhisperFeatures.from_pretrained(build_tiny_whisper(tmp_path / "whisper").name, [tmp_path])
+    kw = dict(tensors=tensors, whisper=whisper, mode="auto", long_input="error", placeholder="<aud>,<aud_{:05d}>,</aud>")
+    planner_instr, planner_total = "A thunderstorm rolls over a quiet farm at night.", 12.0
+    other = media.make_audio_context(pl, tone(3.0, 44100), 44100, description="", instruction="Birds at dawn.",
+                                     total_duration=30.0, **kw)
+    unbound = media.make_audio_context(pl, tone(3.0, 44100), 44100, description="", instruction="",
+                                       total_duration=12.0, **kw)
+    assert other.mode == "whisper" and unbound.context is None
+    full = grammar.build_instruction(planner_instr, planner_total)
+    expected = cont.placeholder_prompt(tok, full, 4, cont.PlaceholderLayout()).prompt_ids
+    for ctx in (other, unbound):
+        lead, pc = logic.planner_audio_context(ctx, tok, planner_instr, planner_total)
+        assert lead == "" and pc.prompt_ids == expected and pc.embeds is ctx.embeds
+        text = tok.decode(pc.prompt_ids)
+        assert "The total duration is 12.0 seconds." in text and "Birds" not in text and "30.0" not in text
+        assert [tok.convert_ids_to_tokens(pc.prompt_ids[p]) for p in pc.positions] == \
+            [f"<aud_{i:05d}>" for i in range(4)]
+        # the same prompt as the core continuation path, and the planner really plans from it
+        core_pc = ctx.prompt_context(tok, grammar.build_instruction(ctx.instruction_prefix + planner_instr,
+                                                                    planner_total))
+        assert core_pc.prompt_ids == pc.prompt_ids and core_pc.positions == pc.positions
+        res = plan_mod.generate_plan(pl, planner_instr, planner_total, lead=lead, max_new_tokens=2, context=pc)
+        assert res.prompt_ids == expected
+    assert other.context.prompt_ids != expected            # what the Planner used to take as given
+
+    # a description travels as the lead, in front of the Planner's instruction
+    described = media.make_audio_context(pl, tone(3.0, 44100), 44100, description="a coach blows a whistle",
+                                         instruction="", total_duration=5.0, **kw)
+    lead, pc = logic.planner_audio_context(described, tok, planner_instr, 9.0)
+    assert lead == "The input audio contains a coach blows a whistle. "
+    assert "contains a coach blows a whistle. A thunderstorm" in tok.decode(pc.prompt_ids)
+    assert "The total duration is 9.0 seconds." in tok.decode(pc.prompt_ids)
+    # the text fallback has no prompt context, only the lead; plain values are used as given
+    text_ctx = media.make_audio_context(pl, tone(3.0, 44100), 44100, description="rain on a roof", instruction="x",
+                                        total_duration=5.0, **dict(kw, mode="text"))
+    assert logic.planner_audio_context(text_ctx, tok, planner_instr, 9.0) == \
+        ("The input audio contains rain on a roof. ", None)
+    fixed = plan_mod.PromptContext(prompt_ids=[1, 2], positions=[], embeds=torch.zeros(0))
+    assert logic.planner_audio_context(logic.AudioContextValue(fixed, "p "), tok, "x", 5.0) == ("p ", fixed)
+    assert logic.planner_audio_context(None, tok, "x", 5.0) == ("", None)
+
+
 def test_audio_helpers(logic):
     a = logic.audio_dict(torch.zeros(2, 100), 32000)
     assert a["waveform"].shape == (1, 2, 100) and a["sample_rate"] == 32000

@@ -21,6 +21,7 @@ from audiostory_core.event_tokens import event_tokens
 from audiostory_core.plan import StoryPlan
 from audiostory_core.video import detect_scenes, probe_video, scenes_from_dict
 from synthetic_media import SHOT_COLOURS, write_audio_only, write_video, write_video_without_frames
+from tiny_media_models import build_tiny_vlm
 
 CAPTIONS = ["a dog barks in a yard", "rain falls on a tin roof", "a car drives past and fades"]
 
@@ -122,31 +123,7 @@ def test_user_edited_scenes_must_tile_the_video(cut_video):
 @pytest.fixture(scope="module")
 def tiny_vlm_dir(tmp_path_factory, shared_root) -> Path:
     """A random LLaVA (CLIP vision tower + Qwen2 text model) with a processor and a chat template."""
-    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config)
-
-    out = tmp_path_factory.mktemp("models") / "tiny-vlm"
-    tok = AutoTokenizer.from_pretrained(str(shared_root / "Qwen2.5-tiny-Instruct"))
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
-                "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
-                "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    proc = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 28},
-                                                             crop_size={"height": 28, "width": 28}),
-                          tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          chat_template=template, num_additional_image_tokens=1)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                       num_attention_heads=2, image_size=28, patch_size=14),
-        text_config=Qwen2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                num_attention_heads=2, num_key_value_heads=1),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1)
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out)
-    proc.save_pretrained(out)
-    return out
+    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-vlm", shared_root / "Qwen2.5-tiny-Instruct")
 
 
 def test_vlm_captions_every_scene_from_a_models_folder(tiny_vlm_dir, cut_video):
