@@ -1,10 +1,13 @@
 """End to end in a real ComfyUI (found through COMFYUI_DIR, default /opt/ComfyUI), on CPU.
 
 One server is started for the module with this repository on the custom-nodes path and
-``models/audiostory/AudioStory`` pointing at the shared tiny checkpoint. Checks: node registration
-and schemas, no import failure, templates, UI workflows vs /object_info, every API workflow,
-reference parity with the CLI, sampler-swap numerics, FLAC metadata, stream-copied mux, bad inputs,
-Cancel (/interrupt) and "Unload models" (/free).
+``models/audiostory/AudioStory`` pointing at the shared tiny checkpoint, next to a tiny random Whisper
+(``whisper-large-v3``) and VLM (``Qwen2.5-VL-3B-Instruct``) built here, and synthetic media in the input
+folder. Checks: node registration and schemas, no import failure, templates, UI workflows vs
+/object_info, every API workflow, reference parity with the CLI, sampler-swap numerics, FLAC metadata,
+stream-copied mux, dubbing (scenes at the cut, events = scene lengths, byte-identical video, audio length
+= video length within one audio frame), continuation (length = input + story - crossfade, input kept, the
+Planner's own prompt), bad inputs, Cancel (/interrupt) and "Unload models" (/free).
 """
 from __future__ import annotations
 
@@ -34,7 +37,10 @@ API_DIR = ROOT / "workflows" / "api"
 UI_DIR = ROOT / "workflows"
 THUNDER = "A thunderstorm rolls over a quiet farm at night."
 OWN_WORKFLOWS = {"audiostory_text_to_long_audio", "audiostory_plan_editing", "audiostory_sampler_swap",
-                 "audiostory_two_chapters_memory", "audiostory_mux_video"}
+                 "audiostory_two_chapters_memory", "audiostory_mux_video", "audiostory_dubbing",
+                 "audiostory_continuation"}
+EXAMPLE_VIDEO_CUTS, EXAMPLE_VIDEO_SECONDS = [2.0], 4.0      # input/audiostory_example.mp4
+EXAMPLE_AUDIO_SECONDS, EXAMPLE_AUDIO_RATE = 4.0, 44100     # input/audiostory_continue_example.wav
 
 pytestmark = pytest.mark.skipif(not (COMFYUI_DIR / "main.py").is_file(),
                                 reason=f"ComfyUI not found at {COMFYUI_DIR} (set COMFYUI_DIR to a ComfyUI >= 0.8 "
@@ -105,17 +111,25 @@ def _error_of(entry: dict) -> str:
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory, shared_root):
-    from e2e_media import make_video, make_wav
+    from e2e_media import make_wav
+    from synthetic_media import write_video
+    from tiny_media_models import build_tiny_vlm, build_tiny_whisper
 
     base = tmp_path_factory.mktemp("comfy")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK).symlink_to(ROOT, target_is_directory=True)
-    (base / "models" / "audiostory").mkdir(parents=True)
-    (base / "models" / "audiostory" / "AudioStory").symlink_to(shared_root, target_is_directory=True)
+    models = base / "models" / "audiostory"
+    models.mkdir(parents=True)
+    (models / "AudioStory").symlink_to(shared_root, target_is_directory=True)
+    # tiny random Whisper and VLM under the names the shipped workflows use (resolved in models/audiostory/)
+    build_tiny_whisper(models / "whisper-large-v3")
+    build_tiny_vlm(models / "Qwen2.5-VL-3B-Instruct", shared_root / "Qwen2.5-tiny-Instruct")
     for d in ("input", "output", "temp", "cache", "user"):
         (base / d).mkdir()
-    make_video(base / "input" / "audiostory_example.mp4", seconds=3.0)
-    make_wav(base / "input" / "audiostory_continue_example.wav")
+    # hard cut at a known time and an existing 440 Hz AAC track (replaced by the dubbing workflow)
+    write_video(base / "input" / "audiostory_example.mp4", cuts=EXAMPLE_VIDEO_CUTS, duration=EXAMPLE_VIDEO_SECONDS)
+    make_wav(base / "input" / "audiostory_continue_example.wav", seconds=EXAMPLE_AUDIO_SECONDS,
+             rate=EXAMPLE_AUDIO_RATE)
     (base / "extra_model_paths.yaml").write_text(
         f"audiostory_e2e:\n  base_path: {base}\n  audiostory: models/audiostory\n  custom_nodes: custom_nodes\n")
     port = _free_port()
@@ -168,6 +182,10 @@ def executed(comfy):
         out[p.stem] = comfy.run(api, extra)
         print(f"\n{p.stem}: {out[p.stem]['status']['status_str']} in {time.time() - t0:.1f} s")
     return out
+
+
+def _ui_text(entry: dict, node_id: str) -> str:
+    return entry["outputs"][node_id]["text"][0]
 
 
 def _files(comfy, entry) -> list[Path]:
@@ -351,6 +369,92 @@ def test_memory_file_and_mux_stream_copy(comfy, executed):
     assert packets(video) == packets(comfy.root / "input" / "audiostory_example.mp4")
     with av.open(str(video)) as c:
         assert len(c.streams.audio) == 1
+
+
+# ---------------------------------------------------------------- dubbing and continuation
+def _video_packets(path) -> list[bytes]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
+
+
+def test_dubbing_workflow_follows_the_cuts_and_keeps_the_video(comfy, executed):
+    """Scenes at the cut, one event per scene, the video stream copied byte for byte, the new audio
+    starting at the first frame and ending at the video length within one audio frame."""
+    import av
+
+    from audiostory_core.video import probe_video
+
+    entry = executed["audiostory_dubbing"]
+    assert entry["status"]["status_str"] == "success", _error_of(entry)
+    scenes = json.loads(_ui_text(entry, "3"))["scenes"]
+    bounds = [0.0] + EXAMPLE_VIDEO_CUTS + [EXAMPLE_VIDEO_SECONDS]
+    assert [(s["start"], s["end"]) for s in scenes] == list(zip(bounds[:-1], bounds[1:]))
+    captions = json.loads(_ui_text(entry, "4"))
+    assert len(captions) == len(scenes) and all(isinstance(c, str) and c for c in captions)   # from the VLM
+    plan = json.loads(_ui_text(entry, "5"))
+    assert [e["duration"] for e in plan["events"]] == [s["end"] - s["start"] for s in scenes]
+    src = comfy.root / "input" / "audiostory_example.mp4"
+    out = [f for f in _files(comfy, entry) if f.suffix == ".mp4"]
+    assert len(out) == 1, _files(comfy, entry)
+    assert _video_packets(out[0]) == _video_packets(src)
+    length = probe_video(src).duration
+    with av.open(str(out[0])) as c:
+        assert len(c.streams.audio) == 1
+        st = c.streams.audio[0]
+        frame = (st.codec_context.frame_size or 1024) / st.rate
+        frames = list(c.decode(st))
+        first = frames[0].pts * float(frames[0].time_base)
+        samples = sum(f.samples for f in frames)
+        codec, rate = st.codec_context.name, st.rate
+    seconds = samples / rate
+    print(f"\ndubbing: scenes {[(s['start'], s['end']) for s in scenes]}, events "
+          f"{[e['duration'] for e in plan['events']]}, {len(_video_packets(src))} video packets identical, "
+          f"audio {codec} {rate} Hz {seconds:.4f} s vs video {length:.4f} s (|d| {abs(seconds - length) * 1e3:.1f} ms, "
+          f"one frame {frame * 1e3:.1f} ms), first sample at {first} s")
+    assert codec == "aac" and first == 0.0
+    assert abs(seconds - length) <= frame
+
+
+def test_continuation_workflow_joins_input_and_continuation(comfy, executed):
+    """Output = input + continuation - crossfade, starting with the input untouched; and the Planner
+    builds the audio prompt for ITS instruction and duration, whatever the Audio Context node was given."""
+    import soundfile as sf
+
+    from audiostory_core.audio import resample
+
+    entry = executed["audiostory_continuation"]
+    assert entry["status"]["status_str"] == "success", _error_of(entry)
+    api = json.loads((API_DIR / "audiostory_continuation.json").read_text())
+    sr = api["7"]["inputs"]["sample_rate"]
+    crossfade = api["8"]["inputs"]["crossfade"]
+    assert "understanding: whisper" in _ui_text(entry, "3")
+    plan = json.loads(_ui_text(entry, "4"))
+    story_seconds = sum(e["duration"] for e in plan["events"])
+    flac = [f for f in _files(comfy, entry) if f.suffix == ".flac"]
+    assert len(flac) == 1
+    out, out_sr = sf.read(str(flac[0]), dtype="float32", always_2d=True)
+    src, src_sr = sf.read(str(comfy.root / "input" / "audiostory_continue_example.wav"), dtype="float32",
+                          always_2d=True)
+    inp = resample(torch.from_numpy(src.T.copy()), src_sr, sr)
+    expected = inp.shape[-1] + round(story_seconds * sr) - round(crossfade * sr)
+    print(f"\ncontinuation: input {inp.shape[-1]} + story {round(story_seconds * sr)} ({story_seconds} s, "
+          f"{len(plan['events'])} events) - crossfade {round(crossfade * sr)} = {expected} samples; "
+          f"written {out.shape[0]} at {out_sr} Hz")
+    assert out_sr == sr and out.shape[0] == expected
+    head = inp.shape[-1] - round(crossfade * sr)
+    assert np.abs(out[:head].T - inp[:, :head].numpy()).max() < 1e-4          # the input, untouched
+
+    # the Audio Context node with another instruction/duration: the Planner's prompt, hence the audio, is the same
+    api["3"]["inputs"].update(instruction="", total_duration=30.0)
+    api["9"]["inputs"]["filename_prefix"] = "audio/AudioStory_continuation_unbound"
+    again = comfy.run(api)
+    assert again["status"]["status_str"] == "success", _error_of(again)
+    assert json.loads(_ui_text(again, "4")) == plan
+    other, _ = sf.read(str([f for f in _files(comfy, again) if f.suffix == ".flac"][0]), dtype="float32",
+                       always_2d=True)
+    assert np.array_equal(other, out)
 
 
 # ---------------------------------------------------------------- errors, cancel, unload

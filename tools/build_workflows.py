@@ -24,6 +24,7 @@ MODEL_ROOT = "AudioStory"          # models/audiostory/AudioStory (README layout
 THUNDER = "A thunderstorm rolls over a quiet farm at night."
 FIRE = "A fire truck leaves the station with sirens blaring."
 EXAMPLE_VIDEO = "audiostory_example.mp4"
+EXAMPLE_AUDIO = "audiostory_continue_example.wav"
 
 EDITED_PLAN = {
     "instruction": "A thunderstorm rolls over a quiet farm at night. The total duration is 12.0 seconds.",
@@ -142,6 +143,42 @@ def workflows() -> dict[str, dict]:
                                                              "length_policy": "pad"}},
         "8": {"class_type": "SaveVideo", "inputs": {"video": ["7", 0], "filename_prefix": "video/audiostory_mux",
                                                     "format": "auto", "codec": "auto"}},
+    }
+    w["audiostory_dubbing"] = {
+        "1": _loader(),
+        "2": {"class_type": "LoadVideo", "inputs": {"file": EXAMPLE_VIDEO}},
+        "3": {"class_type": "AudioStoryVideoScenes",
+              "inputs": {"video": ["2", 0], "planner": ["1", 0], "crossfade": 3.0, "threshold": 0.12,
+                         "analysis_fps": 4.0, "min_scene_seconds": 1.0, "keyframes": 1, "allow_vfr": False}},
+        "4": {"class_type": "AudioStoryVideoCaptioner",
+              "inputs": {"scenes": ["3", 0], "vlm": "Qwen2.5-VL-3B-Instruct", "brief": "", "captions": "",
+                         "max_new_tokens": 60}},
+        "5": {"class_type": "AudioStoryDubbingPlan",
+              "inputs": {"planner": ["1", 0], "scenes": ["4", 0], "brief": "", "captions": "",
+                         "event_captions": "auto", "max_new_tokens": 1600}},
+        "6": _tokens(["5", 0]), "7": _sampler(["6", 0]), "8": _decode(["7", 0], ["6", 0]),
+        "9": {"class_type": "AudioStoryMuxVideo",
+              "inputs": {"video": ["2", 0], "audio": ["8", 0], "length_policy": "pad", "existing_audio": "replace",
+                         "mix_gain_db": -12.0}},
+        "10": {"class_type": "SaveVideo", "inputs": {"video": ["9", 0], "filename_prefix": "video/AudioStory_dub",
+                                                     "format": "auto", "codec": "auto"}},
+    }
+    planner = _planner()
+    planner["inputs"]["audio_context"] = ["3", 0]
+    w["audiostory_continuation"] = {
+        "1": _loader(),
+        "2": {"class_type": "LoadAudio", "inputs": {"audio": EXAMPLE_AUDIO}},
+        # the Planner rebuilds the audio prompt for its own instruction/duration; the context node's
+        # instruction and total_duration are optional and kept equal here for readability
+        "3": {"class_type": "AudioStoryAudioContext",
+              "inputs": {"planner": ["1", 0], "audio": ["2", 0], "instruction": THUNDER, "total_duration": 12.0,
+                         "understanding": "auto", "whisper": "whisper-large-v3", "audio_description": "",
+                         "long_input": "error", "placeholder": "<aud>,<aud_{:05d}>,</aud>"}},
+        "4": planner, "5": _tokens(["4", 0]), "6": _sampler(["5", 0]), "7": _decode(["6", 0], ["5", 0]),
+        "8": {"class_type": "AudioStoryContinuationJoin",
+              "inputs": {"audio_context": ["3", 0], "continuation": ["7", 0], "crossfade": 3.0, "curve": "linear",
+                         "output": "joined"}},
+        "9": _save(["8", 0], "audio/AudioStory_continuation", "flac"),
     }
     return w
 
