@@ -7,12 +7,12 @@ with ``linspace`` including both ends, hard join when a piece is shorter than th
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from .atomic import atomic_write
 from .errors import InputError
 from .progress import Hooks, as_hooks
 
@@ -85,18 +85,12 @@ def write_audio(path: str | Path, wave: torch.Tensor, sample_rate: int, fmt: Opt
     fmt = (fmt or path.suffix.lstrip(".") or "wav").lower()
     if fmt not in ("wav", "flac"):
         raise InputError(f"Unsupported audio format {fmt!r}; use wav or flac.")
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = wave.detach().cpu().float().numpy().T
-    tmp = path.with_name(path.name + ".part")
-    try:
+    with atomic_write(path) as tmp:
         if fmt == "wav":
             sf.write(str(tmp), data, sample_rate, subtype="FLOAT", format="WAV")
         else:
             sf.write(str(tmp), data.clip(-1, 1), sample_rate, subtype="PCM_24", format="FLAC")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

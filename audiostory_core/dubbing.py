@@ -12,13 +12,13 @@ Why it works this way:
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
+from .atomic import atomic_write
 from .errors import InputError, PlanError
 from .event_tokens import event_tokens
 from .grammar import build_instruction
@@ -231,12 +231,6 @@ def dub_video(pipe, video: Union[str, Path], out: Union[str, Path], scenes: Scen
 def write_text_atomic(path: Union[str, Path], text: str) -> Path:
     """Write a small text file (plan, scenes JSON) via a temp file and rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .atomic import atomic_write
 from .errors import InputError
 
 MEMORY_FORMAT = "audiostory-memory/1"
@@ -113,13 +113,8 @@ class StoryMemory:
             meta_events.append({"chapter": ev.chapter, "caption": ev.caption, "duration": ev.duration})
         meta = {"format": MEMORY_FORMAT, "window": self.window, "strength": self.strength,
                 "chapters": list(self.chapters), "events": meta_events}
-        tmp = path.with_name(path.name + ".part")
-        try:
+        with atomic_write(path) as tmp:
             save_file(tensors, str(tmp), metadata={"audiostory_memory": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..audiostory_core.atomic import atomic_write
 from ..audiostory_core.config import find_audiostory_dir
 from ..audiostory_core.errors import AudioStoryError, InputError, ModelFilesError, PlanError
 from ..audiostory_core.event_tokens import EventTokens, clip_seconds
@@ -350,11 +351,10 @@ def write_flac_with_metadata(path: Path, wave: torch.Tensor, sample_rate: int, m
     import numpy as np
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
     wave = wave.detach().float().cpu().clamp(-1.0, 1.0)
     layout = "mono" if wave.shape[0] == 1 else "stereo"
-    try:
+    # hidden temp name with the real suffix: PyAV picks the muxer by it, the output list skips it
+    with atomic_write(path, tmp_name=f".{path.stem}.part{path.suffix}") as tmp:
         with av.open(str(tmp), mode="w", format="flac") as out:
             for k, v in metadata.items():
                 out.metadata[k] = v
@@ -370,10 +370,6 @@ def write_flac_with_metadata(path: Path, wave: torch.Tensor, sample_rate: int, m
                     out.mux(p)
             for p in stream.encode(None):
                 out.mux(p)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
