@@ -9,7 +9,6 @@ except ImportError:  # imported outside ComfyUI (e.g. pytest collecting the repo
     ComfyExtension = None
 
 if ComfyExtension is not None:
-    from .nodes import core_nodes as _core_nodes  # noqa: F401  (import errors show with a traceback)
     from .nodes import load_nodes
 
     class AudioStoryExtension(ComfyExtension):

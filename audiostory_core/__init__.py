@@ -1,5 +1,5 @@
 """AudioStory as a plain PyTorch library (no ComfyUI imports): load, plan, tokens, sample, decode."""
-from .config import ModelPaths, locate
+from .models.config import ModelPaths, locate
 from .errors import (AudioStoryError, GenerationInterrupted, InputError, ModelFilesError, PlanError,
                      WeightsMismatchError)
 from .progress import Hooks
@@ -14,6 +14,6 @@ def __getattr__(name):  # heavy imports only when used
         from .pipeline import AudioStoryPipeline
         return AudioStoryPipeline
     if name == "StoryPlan":
-        from .plan import StoryPlan
+        from .stages.plan import StoryPlan
         return StoryPlan
     raise AttributeError(name)

@@ -11,14 +11,14 @@ from typing import Optional, Union
 
 @dataclass(frozen=True)
 class PerfOptions:
-    # plan decoding (audiostory_core.fast_decode)
+    # plan decoding (audiostory_core.stages.fast_decode)
     fast_blocks: bool = False            # forced query blocks in one forward, checked per block
     static_cache: bool = False           # preallocated KV cache
     compile_decode: bool = False         # torch.compile + CUDA graphs for the decode step (CUDA only)
-    # sampling (audiostory_core.sampling)
+    # sampling (audiostory_core.stages.sampling)
     compile_dit: Union[bool, str] = False   # torch.compile of the DiT step (CUDA only); str = mode
     attention_backend: Optional[str] = None  # diffusers backend name; None = unchanged (SDPA)
-    # VAE (audiostory_core.fast_vae); vae_batch=1, no trim, no chunks = the reference decode
+    # VAE (audiostory_core.stages.fast_vae); vae_batch=1, no trim, no chunks = the reference decode
     vae_batch: Optional[int] = 1         # clips per VAE call; None = all at once
     vae_trim: bool = False               # skip latent frames past each clip's end
     vae_chunk_frames: Optional[int] = None   # decode in time windows of this many latent frames

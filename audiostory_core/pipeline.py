@@ -7,16 +7,16 @@ from typing import Optional, Union
 
 import torch
 
-from .audio import crossfade_concat, decode_clips, resample
-from .config import ModelPaths, locate
+from .stages.audio import crossfade_concat, decode_clips, resample
+from .models.config import ModelPaths, locate
 from .errors import InputError, PlanError
-from .event_tokens import EventTokens, clip_seconds, event_tokens
-from .fast_vae import decode_clips_fast
-from .loading import AudioStoryModels, load_models
+from .stages.event_tokens import EventTokens, clip_seconds, event_tokens
+from .stages.fast_vae import decode_clips_fast
+from .models.loading import AudioStoryModels, load_models
 from .perf import PerfOptions
-from .plan import PlanResult, StoryPlan, generate_plan
+from .stages.plan import PlanResult, StoryPlan, generate_plan
 from .progress import Hooks, as_hooks
-from .sampling import sample_latents
+from .stages.sampling import sample_latents
 
 HOP = 2048
 LOW_VRAM_CHUNK_FRAMES = 128   # latent frames per VAE window in low-VRAM mode (~6 s of audio)

@@ -59,7 +59,7 @@ def _text(n: int, seed: int) -> str:
 
 def story_script(tok, ids, spec: SizeSpec) -> tuple[list[int], dict]:
     """Token ids of the synthetic transcript (the tokenizer maps one ASCII char to one token)."""
-    from audiostory_core.grammar import (AUD_CLOSE, AUD_OPEN, AUD_QUERY, GEN_CLOSE, GEN_OPEN, T5_CLOSE, T5_OPEN,
+    from audiostory_core.stages.grammar import (AUD_CLOSE, AUD_OPEN, AUD_QUERY, GEN_CLOSE, GEN_OPEN, T5_CLOSE, T5_OPEN,
                                          T5_QUERY, THINK_CLOSE)
 
     dur = spec.total_seconds / spec.events
@@ -135,11 +135,11 @@ class OfficialBlockProcessor:
 def run_reference(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from audiostory_core.audio import crossfade_concat, decode_clips, resample
-    from audiostory_core.event_tokens import clip_seconds
-    from audiostory_core.grammar import build_instruction
-    from audiostory_core.plan import plan_from_transcript, prompt_ids_for
-    from audiostory_core.sampling import sample_latents
+    from audiostory_core.stages.audio import crossfade_concat, decode_clips, resample
+    from audiostory_core.stages.event_tokens import clip_seconds
+    from audiostory_core.stages.grammar import build_instruction
+    from audiostory_core.stages.plan import plan_from_transcript, prompt_ids_for
+    from audiostory_core.stages.sampling import sample_latents
 
     m = pipe.models
     pl = m.planner
@@ -189,12 +189,12 @@ def run_reference(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Cl
 
 
 def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
-    from audiostory_core.audio import crossfade_concat, resample
-    from audiostory_core.event_tokens import clip_seconds, event_tokens
-    from audiostory_core.fast_decode import ScriptedTokens
-    from audiostory_core.fast_vae import decode_clips_fast
-    from audiostory_core.plan import generate_plan
-    from audiostory_core.sampling import sample_latents
+    from audiostory_core.stages.audio import crossfade_concat, resample
+    from audiostory_core.stages.event_tokens import clip_seconds, event_tokens
+    from audiostory_core.stages.fast_decode import ScriptedTokens
+    from audiostory_core.stages.fast_vae import decode_clips_fast
+    from audiostory_core.stages.plan import generate_plan
+    from audiostory_core.stages.sampling import sample_latents
 
     m, perf = pipe.models, pipe.perf
     t, stats = {}, {}
@@ -310,8 +310,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
-    from audiostory_core.loading import load_models
-    from audiostory_core.config import locate
+    from audiostory_core.models.loading import load_models
+    from audiostory_core.models.config import locate
     from audiostory_core.perf import PerfOptions
     from audiostory_core.pipeline import AudioStoryPipeline, resolve_device, resolve_dtype
 

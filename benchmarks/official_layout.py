@@ -1,6 +1,6 @@
 """Write random AudioStory weights in the official on-disk layout (for benchmarks and cold-start timing).
 
-The layout is the one the official release uses and :mod:`audiostory_core.loading` reads:
+The layout is the one the official release uses and :mod:`audiostory_core.models.loading` reads:
 
     <root>/AudioStory-3B/{config.yaml, pytorch_model.bin}   flat fp32 state dict, peft 0.4.0 key names
     <root>/Flux_detokenizer/{config.json, model.safetensors} DiT hyper-parameters, VAE weights
@@ -126,7 +126,7 @@ def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
     from safetensors.torch import save_file
     from transformers import T5Config, T5EncoderModel
 
-    from audiostory_core.grammar import added_tokens
+    from audiostory_core.stages.grammar import added_tokens
 
     root = Path(root)
     if root.exists():

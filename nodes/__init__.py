@@ -1,28 +1,22 @@
 """ComfyUI node classes of the pack, collected from the node modules.
 
 Importing this package does not import ComfyUI; :func:`load_nodes` does (it is called by the pack's
-``comfy_entrypoint``). ``core_nodes`` is required; ``dubbing_nodes`` and ``continuation_nodes`` are
-optional: when one of them is missing it is skipped, and when it fails to import the error is logged
-(with its traceback) and the rest of the pack still loads.
+``comfy_entrypoint``). One module per node family, in the order of the pipeline. When a module fails
+to import, the error is logged (with its traceback) and the rest of the pack still loads.
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 
 log = logging.getLogger("AudioStory")
 
-OPTIONAL_MODULES = ("dubbing_nodes", "continuation_nodes")
+NODE_MODULES = ("loader", "planner", "tokens", "sampler", "output", "video", "continuation")
 
 
 def load_nodes() -> list:
-    from . import core_nodes
-
-    nodes = list(core_nodes.NODES)
-    for name in OPTIONAL_MODULES:
-        if importlib.util.find_spec(f"{__name__}.{name}") is None:
-            continue
+    nodes: list = []
+    for name in NODE_MODULES:
         try:
             mod = importlib.import_module(f"{__name__}.{name}")
         except Exception:

@@ -1,5 +1,5 @@
 """Node logic that needs no ComfyUI: value objects passed between nodes, validation, layout
-conversions, file-name rules. ``core_nodes.py`` is the thin ComfyUI layer over this and over
+conversions, file-name rules. The node modules are the thin ComfyUI layer over this and over
 ``audiostory_core``; everything here is unit-tested without a ComfyUI install.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from ..audiostory_core.atomic import atomic_write
-from ..audiostory_core.config import find_audiostory_dir
+from ..audiostory_core.models.config import find_audiostory_dir
 from ..audiostory_core.errors import AudioStoryError, InputError, ModelFilesError, PlanError
-from ..audiostory_core.event_tokens import EventTokens, clip_seconds
-from ..audiostory_core.memory import StoryMemory
-from ..audiostory_core.plan import PlanResult, PromptContext, StoryPlan
+from ..audiostory_core.stages.event_tokens import EventTokens, clip_seconds
+from ..audiostory_core.tasks.memory import StoryMemory
+from ..audiostory_core.stages.plan import PlanResult, PromptContext, StoryPlan
 
 HOP = 2048
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
@@ -113,7 +113,7 @@ def planner_audio_context(audio_context: Any, tokenizer, instruction: str,
     the text fallback has no prompt context (None) and only contributes its prefix. Plain values with
     a fixed ``.context`` (:class:`AudioContextValue`) are used as given.
     """
-    from ..audiostory_core.grammar import build_instruction
+    from ..audiostory_core.stages.grammar import build_instruction
 
     if audio_context is None:
         return "", None

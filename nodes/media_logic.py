@@ -13,13 +13,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from ..audiostory_core.captioning import apply_captions, parse_captions
-from ..audiostory_core.continuation import (AudioContext, InputAudio, PlaceholderLayout, WhisperFeatures,
+from ..audiostory_core.media.captioning import apply_captions, parse_captions
+from ..audiostory_core.tasks.continuation import (AudioContext, InputAudio, PlaceholderLayout, WhisperFeatures,
                                             build_audio_context, check_input_audio, join)
-from ..audiostory_core.dubbing import dubbing_plan, max_scene_seconds
+from ..audiostory_core.tasks.dubbing import dubbing_plan, max_scene_seconds
 from ..audiostory_core.errors import InputError
-from ..audiostory_core.plan import StoryPlan
-from ..audiostory_core.video import SceneList, detect_scenes
+from ..audiostory_core.stages.plan import StoryPlan
+from ..audiostory_core.media.video import SceneList, detect_scenes
 
 _RESAMPLER_CACHE: dict[tuple[str, float], dict[str, torch.Tensor]] = {}
 
@@ -87,8 +87,8 @@ def plan_for_scenes(planner, scenes: SceneList, brief: str, captions: str, event
 
 def checkpoint_tensors(checkpoint: Path) -> dict[str, torch.Tensor]:
     """Only the whisper_resampler_llava tensors of a checkpoint (cached per file and mtime)."""
-    from ..audiostory_core.continuation import RESAMPLER_PREFIX
-    from ..audiostory_core.weights import load_torch_checkpoint
+    from ..audiostory_core.tasks.continuation import RESAMPLER_PREFIX
+    from ..audiostory_core.models.weights import load_torch_checkpoint
 
     key = (str(checkpoint), checkpoint.stat().st_mtime)
     if key not in _RESAMPLER_CACHE:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from audiostory_core.audio import crossfade_concat, read_audio, resample, write_audio
-from audiostory_core.event_tokens import clip_seconds
+from audiostory_core.stages.audio import crossfade_concat, read_audio, resample, write_audio
+from audiostory_core.stages.event_tokens import clip_seconds
 
 
 def test_crossfade_total_equals_sum_of_durations():

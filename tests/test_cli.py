@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from audiostory_core.cli import main
+from audiostory_core.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 

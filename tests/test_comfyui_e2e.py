@@ -313,9 +313,9 @@ def _latent(path: Path) -> torch.Tensor:
 
 def test_sampler_swap_matches_reference(comfy, executed, shared_pipeline):
     """KSampler(euler, simple, 50, cfg 4) and SamplerCustomAdvanced reproduce the reference Euler."""
-    from audiostory_core.plan import generate_plan
-    from audiostory_core.event_tokens import clip_seconds, event_tokens
-    from audiostory_core.sampling import sample_latents
+    from audiostory_core.stages.plan import generate_plan
+    from audiostory_core.stages.event_tokens import clip_seconds, event_tokens
+    from audiostory_core.stages.sampling import sample_latents
 
     entry = executed["audiostory_sampler_swap"]
     assert entry["status"]["status_str"] == "success", _error_of(entry)
@@ -354,7 +354,7 @@ def test_flac_carries_workflow(comfy, executed):
 def test_memory_file_and_mux_stream_copy(comfy, executed):
     import av
 
-    from audiostory_core.memory import StoryMemory
+    from audiostory_core.tasks.memory import StoryMemory
 
     mem = StoryMemory.load(comfy.root / "output" / "audiostory" / "memory" / "two_chapters.safetensors")
     assert mem.chapter_count == 1 and len(mem.events) == 3
@@ -384,7 +384,7 @@ def test_dubbing_workflow_follows_the_cuts_and_keeps_the_video(comfy, executed):
     starting at the first frame and ending at the video length within one audio frame."""
     import av
 
-    from audiostory_core.video import probe_video
+    from audiostory_core.media.video import probe_video
 
     entry = executed["audiostory_dubbing"]
     assert entry["status"]["status_str"] == "success", _error_of(entry)
@@ -422,7 +422,7 @@ def test_continuation_workflow_joins_input_and_continuation(comfy, executed):
     builds the audio prompt for ITS instruction and duration, whatever the Audio Context node was given."""
     import soundfile as sf
 
-    from audiostory_core.audio import resample
+    from audiostory_core.stages.audio import resample
 
     entry = executed["audiostory_continuation"]
     assert entry["status"]["status_str"] == "success", _error_of(entry)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from audiostory_core.continuation import (AudioContext, PlaceholderLayout, ResamplerSpec, WhisperFeatures,
+from audiostory_core.tasks.continuation import (AudioContext, PlaceholderLayout, ResamplerSpec, WhisperFeatures,
                                           WhisperResampler, build_audio_context, check_input_audio,
                                           continue_audio, load_audio_file, load_resampler, resampler_status,
                                           whisper_window)
 from audiostory_core.errors import InputError, ModelFilesError
-from audiostory_core.loading import Checkpoint
-from audiostory_core.plan import embed_prompt, generate_plan
+from audiostory_core.models.loading import Checkpoint
+from audiostory_core.stages.plan import embed_prompt, generate_plan
 from synthetic_media import tone, write_video
 from tiny_media_models import build_tiny_whisper
 
@@ -166,7 +166,7 @@ def test_continuation_starts_where_the_input_ends(shared_pipeline, tensors, whis
     res = continue_audio(shared_pipeline, ctx, *STORY, steps=2, crossfade=3.0)
     assert res.plan_result.plan.durations == [4.0, 3.5, 4.5]
     sr, n = res.sample_rate, 3 * res.sample_rate
-    from audiostory_core.audio import resample
+    from audiostory_core.stages.audio import resample
 
     inp = resample(clip.wave, 44100, sr)
     story = res.continuation
@@ -191,7 +191,7 @@ def test_mono_input_is_joined_to_a_stereo_continuation(shared_pipeline, tensors,
 def test_cli_continue(shared_root, whisper_dir, tmp_path, monkeypatch):
     import soundfile as sf
 
-    from audiostory_core.cli import main
+    from audiostory_core.cli.main import main
 
     monkeypatch.setenv("AUDIOSTORY_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "in.flac"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from audiostory_core.plan import StoryPlan
+from audiostory_core.stages.plan import StoryPlan
 
 CAFE = ("A busy morning in a small city cafe.", 14.0)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiostory_core.fast_decode import ScriptedTokens
-from audiostory_core.fast_vae import decode_chunked, decode_clips_fast
+from audiostory_core.stages.fast_decode import ScriptedTokens
+from audiostory_core.stages.fast_vae import decode_chunked, decode_clips_fast
 from audiostory_core.perf import PerfOptions
-from audiostory_core.plan import generate_plan
+from audiostory_core.stages.plan import generate_plan
 
 STORIES = [("A thunderstorm rolls over a quiet farm at night.", 12.0),
            ("A fire truck leaves the station with sirens blaring.", 7.5),
@@ -96,7 +96,7 @@ def test_chunked_vae_equals_full(shared_pipeline):
 
 
 def test_fast_vae_clips_equal_reference(shared_pipeline):
-    from audiostory_core.audio import decode_clips
+    from audiostory_core.stages.audio import decode_clips
 
     vae = shared_pipeline.models.vae
     lat = torch.randn(3, 176, 64, generator=torch.Generator().manual_seed(1))

@@ -1,7 +1,7 @@
 """The AudioStory prompt and transcript grammar, including broken transcripts."""
 from __future__ import annotations
 
-from audiostory_core.grammar import (TokenIds, build_instruction, build_prompt, lead_phrase, parse_transcript,
+from audiostory_core.stages.grammar import (TokenIds, build_instruction, build_prompt, lead_phrase, parse_transcript,
                                      render_caption, split_caption)
 
 IDS = TokenIds(base=1000, n_semantic=3, n_residual=2)

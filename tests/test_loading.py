@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiostory_core.config import find_audiostory_dir, locate, resolve_in_root
+from audiostory_core.models.config import find_audiostory_dir, locate, resolve_in_root
 from audiostory_core.errors import ModelFilesError, WeightsMismatchError
-from audiostory_core.loading import load_models
+from audiostory_core.models.loading import load_models
 
 
 def _copy(root: Path, dst: Path) -> Path:
@@ -132,7 +132,7 @@ def test_lora_is_merged_and_saved_norms_are_used(tiny_root, tiny_pipeline):
 
 
 def test_null_embedding_is_cached_and_t5_not_loaded_again(tiny_root, tmp_path, monkeypatch):
-    import audiostory_core.null_embedding as ne
+    import audiostory_core.models.null_embedding as ne
 
     root = _copy(tiny_root, tmp_path / "m")
     first = load_models(locate(root), planner=False, vae=False).null_embedding

@@ -30,7 +30,7 @@ def core(logic):
 
 
 def _plan(core, durations=(4.0, 3.5)):
-    from_dict = importlib.import_module(f"{PKG}.audiostory_core.plan").StoryPlan.from_dict
+    from_dict = importlib.import_module(f"{PKG}.audiostory_core.stages.plan").StoryPlan.from_dict
     return from_dict({"instruction": "x. The total duration is 7.5 seconds.", "reasoning": "r",
                       "events": [{"caption": f"event {i}", "duration": d} for i, d in enumerate(durations)]})
 
@@ -58,7 +58,7 @@ def test_latent_layout(logic):
 
 
 def _events(logic, core, durations=(4.0, 3.5), crossfade=3.0):
-    et = importlib.import_module(f"{PKG}.audiostory_core.event_tokens")
+    et = importlib.import_module(f"{PKG}.audiostory_core.stages.event_tokens")
     e = len(durations)
     toks = et.EventTokens(semantic=torch.randn(e, 8, 1024), residual=torch.randn(e, 4, 1024),
                           fused=torch.randn(e, 8, 1024), durations=list(durations))
@@ -156,8 +156,8 @@ def test_memory_paths_and_modes(logic, core, tmp_path):
 
 
 def test_fusion_with_empty_memory_is_reference(logic, core):
-    mods = importlib.import_module(f"{PKG}.audiostory_core.modules")
-    mem = importlib.import_module(f"{PKG}.audiostory_core.memory")
+    mods = importlib.import_module(f"{PKG}.audiostory_core.models.modules")
+    mem = importlib.import_module(f"{PKG}.audiostory_core.tasks.memory")
     torch.manual_seed(0)
     heads = mods.BridgeHeads(16).eval()
     sem, res = torch.randn(3, 8, 1024), torch.randn(3, 4, 1024)
@@ -173,8 +173,8 @@ def test_fusion_with_empty_memory_is_reference(logic, core):
 
 def test_prompt_history_with_shared_model(logic, shared_pipeline):
     """With an empty memory the prompt is the reference one; with a chapter it becomes an earlier chat turn."""
-    mem = importlib.import_module(f"{PKG}.audiostory_core.memory")
-    plan_mod = importlib.import_module(f"{PKG}.audiostory_core.plan")
+    mem = importlib.import_module(f"{PKG}.audiostory_core.tasks.memory")
+    plan_mod = importlib.import_module(f"{PKG}.audiostory_core.stages.plan")
     pl = shared_pipeline.models.planner
     instr = "A fire truck leaves the station with sirens blaring. The total duration is 7.5 seconds."
     assert mem.with_history(pl.tokenizer, pl.ids, mem.StoryMemory(), instr) is None
@@ -184,7 +184,7 @@ def test_prompt_history_with_shared_model(logic, shared_pipeline):
     ctx = mem.with_history(pl.tokenizer, pl.ids, m, instr)
     ref = plan_mod.prompt_ids_for(pl.tokenizer, instr)
     text = pl.tokenizer.decode(ctx.prompt_ids)
-    grammar = importlib.import_module(f"{PKG}.audiostory_core.grammar")
+    grammar = importlib.import_module(f"{PKG}.audiostory_core.stages.grammar")
     n_sys = len(pl.tokenizer.encode(grammar.SYSTEM_MESSAGE, add_special_tokens=False))
     assert ctx.prompt_ids[:n_sys] == ref[:n_sys] and ctx.prompt_ids[-(len(ref) - n_sys):] == ref[n_sys:]
     assert "A storm." in text and "rain" in text and not ctx.positions
@@ -198,9 +198,9 @@ def test_planner_builds_the_audio_prompt_for_its_own_instruction(logic, shared_p
     from tiny_media_models import build_tiny_whisper
 
     media = importlib.import_module(f"{PKG}.nodes.media_logic")
-    cont = importlib.import_module(f"{PKG}.audiostory_core.continuation")
-    grammar = importlib.import_module(f"{PKG}.audiostory_core.grammar")
-    plan_mod = importlib.import_module(f"{PKG}.audiostory_core.plan")
+    cont = importlib.import_module(f"{PKG}.audiostory_core.tasks.continuation")
+    grammar = importlib.import_module(f"{PKG}.audiostory_core.stages.grammar")
+    plan_mod = importlib.import_module(f"{PKG}.audiostory_core.stages.plan")
     pl = shared_pipeline.models.planner
     tok = pl.tokenizer
     tensors = media.checkpoint_tensors(shared_pipeline.models.paths.checkpoint)
@@ -311,9 +311,9 @@ def test_user_error_prefix(logic, core):
 
 
 def test_mux_stream_copies_video(tmp_path):
-    """The reusable mux (audiostory_core.mux) copies the video packets byte for byte."""
+    """The reusable mux (audiostory_core.media.mux) copies the video packets byte for byte."""
     av = pytest.importorskip("av")
-    from audiostory_core.mux import mux_audio_onto_video
+    from audiostory_core.media.mux import mux_audio_onto_video
 
     from e2e_media import make_video
 

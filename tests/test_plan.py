@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from audiostory_core.errors import InputError, PlanError
-from audiostory_core.plan import StoryPlan, generate_plan, prompt_ids_for
+from audiostory_core.stages.plan import StoryPlan, generate_plan, prompt_ids_for
 from tiny_checkpoint import STORIES
 
 # The shared fixture's README: three instructions, event counts, durations summing to the total.

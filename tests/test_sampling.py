@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from audiostory_core.errors import InputError
-from audiostory_core.sampling import Denoiser, make_noise, reference_sigmas, sample_latents
+from audiostory_core.stages.sampling import Denoiser, make_noise, reference_sigmas, sample_latents
 
 
 def test_reference_sigma_schedule_and_timesteps():
-    from audiostory_core.sampling import _scheduler
+    from audiostory_core.stages.sampling import _scheduler
 
     s = _scheduler("euler", 50, "cpu")
     np.testing.assert_allclose(s.sigmas.numpy(), np.append(np.linspace(1, 0.02, 50), 0.0), atol=1e-7)

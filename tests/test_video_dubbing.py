@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from audiostory_core.captioning import (SOUND_PROMPT, VisionCaptioner, apply_captions, clean_caption,
+from audiostory_core.media.captioning import (SOUND_PROMPT, VisionCaptioner, apply_captions, clean_caption,
                                         parse_captions)
-from audiostory_core.dubbing import (dub_video, dubbing_plan, force_scene_events, max_scene_seconds)
+from audiostory_core.tasks.dubbing import (dub_video, dubbing_plan, force_scene_events, max_scene_seconds)
 from audiostory_core.errors import InputError, ModelFilesError
-from audiostory_core.event_tokens import event_tokens
-from audiostory_core.plan import StoryPlan
-from audiostory_core.video import detect_scenes, probe_video, scenes_from_dict
+from audiostory_core.stages.event_tokens import event_tokens
+from audiostory_core.stages.plan import StoryPlan
+from audiostory_core.media.video import detect_scenes, probe_video, scenes_from_dict
 from synthetic_media import SHOT_COLOURS, write_audio_only, write_video, write_video_without_frames
 from tiny_media_models import build_tiny_vlm
 
@@ -176,7 +176,7 @@ def test_dubbing_plan_is_an_ordinary_plan_with_scene_durations(shared_pipeline, 
 
 
 def test_forcing_takes_the_planners_captions_when_it_wrote_one_event_per_scene(scenes):
-    from audiostory_core.plan import StoryEvent
+    from audiostory_core.stages.plan import StoryEvent
 
     gen = StoryPlan("i", "r", [StoryEvent("x", 3.0), StoryEvent("y", 2.0), StoryEvent("z", 2.0)])
     forced = force_scene_events(gen, scenes, "auto")
@@ -229,7 +229,7 @@ def test_nothing_is_written_on_bad_output(shared_pipeline, scenes, cut_video, tm
 
 
 def test_cli_dub_with_typed_captions(shared_root, cut_video, tmp_path, monkeypatch):
-    from audiostory_core.cli import main
+    from audiostory_core.cli.main import main
 
     monkeypatch.setenv("AUDIOSTORY_CACHE", str(tmp_path / "cache"))
     caps = tmp_path / "captions.txt"

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from audiostory_core.grammar import (AUD_CLOSE, AUD_OPEN, AUD_QUERY, GEN_CLOSE, GEN_OPEN, T5_CLOSE, T5_OPEN,
+from audiostory_core.stages.grammar import (AUD_CLOSE, AUD_OPEN, AUD_QUERY, GEN_CLOSE, GEN_OPEN, T5_CLOSE, T5_OPEN,
                                      T5_QUERY, THINK_CLOSE, added_tokens, build_instruction, build_prompt)
 
 N_SEM, N_RES = 4, 2

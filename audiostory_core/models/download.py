@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import ModelFilesError
+from ..errors import ModelFilesError
 
 # (key, repo id, target folder, allow patterns, note)
 SOURCES = [

@@ -18,7 +18,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 PathLike = Union[str, Path]
 FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -102,7 +102,7 @@ def mux_audio_onto_video(video_path: PathLike, audio: torch.Tensor, sample_rate:
     if wave.shape[0] == 1:
         wave = wave.expand(2, -1)
     if rate != sample_rate:
-        from .audio import resample
+        from ..stages.audio import resample
 
         wave = resample(wave.contiguous(), int(sample_rate), rate)
     target = int(round(info.duration * rate))

@@ -11,9 +11,9 @@ from typing import Optional
 
 import torch
 
-from .errors import PlanError
+from ..errors import PlanError
 from .plan import PlanResult, PromptContext, StoryPlan, embed_prompt, forced_sequence, prompt_ids_for
-from .progress import Hooks, as_hooks
+from ..progress import Hooks, as_hooks
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping, Optional
 import torch
 
 from .config import LoraSpec
-from .errors import ModelFilesError, WeightsMismatchError
+from ..errors import ModelFilesError, WeightsMismatchError
 
 LLM_PREFIX = "seedx.llm.base_model.model."
 HEAD_PREFIXES = {"seedx.projector.": "projector.", "seedx.audio_projector.": "audio_projector.",

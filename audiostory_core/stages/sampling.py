@@ -15,8 +15,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .errors import InputError
-from .progress import Hooks, as_hooks
+from ..errors import InputError
+from ..progress import Hooks, as_hooks
 
 SAMPLERS = ("euler", "heun", "dpmpp", "unipc")
 NOISE_MODES = ("reference", "seeded")

@@ -1,31 +1,28 @@
-"""Video dubbing nodes (ComfyUI V3): VIDEO -> scenes -> sound captions -> STORY_PLAN.
+"""Video nodes (ComfyUI V3): VIDEO -> scenes -> sound captions -> STORY_PLAN, and the mux that puts the
+story back on the video (stream copy).
 
-The rest of the dubbing graph is the ordinary text-to-audio chain (event tokens, sampler, decode) and
-``AudioStoryMuxVideo``. The logic lives in ``media_logic.py`` and ``audiostory_core``.
+Between them runs the ordinary text-to-audio chain (event tokens, sampler, decode). The logic lives in ``media_logic.py`` and ``audiostory_core``.
 """
 from __future__ import annotations
 
-import folder_paths
-from comfy_api.latest import io, ui
+import uuid
+from pathlib import Path
 
-from ..audiostory_core.captioning import DEFAULT_VLM, VisionCaptioner
-from ..audiostory_core.dubbing import EVENT_CAPTIONS
+import comfy.model_management as mm
+import folder_paths
+from comfy_api.latest import InputImpl, io, ui
+
+from ..audiostory_core.media.captioning import DEFAULT_VLM, VisionCaptioner
+from ..audiostory_core.tasks.dubbing import EVENT_CAPTIONS
 from ..audiostory_core.errors import InputError
-from ..audiostory_core.video import SceneList
-from .logic import PlanBundle
+from ..audiostory_core.media.video import SceneList
+from .common import CATEGORY as BASE_CATEGORY
+from .common import Plan, Planner, Scenes, make_hooks
+from .logic import EXISTING_AUDIO, MUX_POLICIES, PlanBundle, audio_from_dict
 from .media_logic import (apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video,
                           video_file)
 
 CATEGORY = "audio/AudioStory/dubbing"
-Planner = io.Custom("AUDIOSTORY_PLANNER")
-Plan = io.Custom("STORY_PLAN")
-Scenes = io.Custom("AUDIOSTORY_SCENES")
-
-
-def _hooks(node_id):
-    from .core_nodes import make_hooks
-
-    return make_hooks(node_id)
 
 
 def _model_dirs() -> list[str]:
@@ -77,7 +74,7 @@ class AudioStoryVideoScenes(io.ComfyNode):
                 allow_vfr) -> io.NodeOutput:
         sc = scenes_for_video(video_file(video), planner.max_clip_seconds, float(crossfade), threshold=float(threshold),
                               analysis_fps=float(analysis_fps), min_scene_seconds=float(min_scene_seconds),
-                              keyframes=int(keyframes), allow_vfr=bool(allow_vfr), hooks=_hooks(cls.hidden.unique_id))
+                              keyframes=int(keyframes), allow_vfr=bool(allow_vfr), hooks=make_hooks(cls.hidden.unique_id))
         text = sc.to_json()
         return io.NodeOutput(sc, keyframe_batch(sc), text, ui=ui.PreviewText(text))
 
@@ -116,7 +113,7 @@ class AudioStoryVideoCaptioner(io.ComfyNode):
             cap = VisionCaptioner.from_pretrained(vlm, _model_dirs(), device=mm.get_torch_device(),
                                                   max_new_tokens=int(max_new_tokens))
             try:
-                cap.caption_scenes(sc, brief, overwrite=True, hooks=_hooks(cls.hidden.unique_id))
+                cap.caption_scenes(sc, brief, overwrite=True, hooks=make_hooks(cls.hidden.unique_id))
             finally:
                 del cap
                 mm.soft_empty_cache()
@@ -161,9 +158,58 @@ class AudioStoryDubbingPlan(io.ComfyNode):
         if patchers:
             mm.load_models_gpu(patchers)
         plan = plan_for_scenes(planner.planner, sc, brief, captions, event_captions, int(max_new_tokens),
-                               hooks=_hooks(cls.hidden.unique_id))
+                               hooks=make_hooks(cls.hidden.unique_id))
         text = plan.to_json()
         return io.NodeOutput(PlanBundle(plan=plan), text, ui=ui.PreviewText(text))
 
 
-NODES = [AudioStoryVideoScenes, AudioStoryVideoCaptioner, AudioStoryDubbingPlan]
+class AudioStoryMuxVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryMuxVideo",
+            display_name="AudioStory Mux Audio onto Video",
+            category=BASE_CATEGORY,
+            description="Puts the audio on a video: the video track is stream-copied (no re-encode, no frame "
+                        "decoding), only the audio is encoded (AAC in mp4/mov, Opus in webm/mkv).",
+            inputs=[
+                io.Video.Input("video"),
+                io.Audio.Input("audio"),
+                io.Combo.Input("length_policy", options=list(MUX_POLICIES), default="pad",
+                               tooltip="pad: audio padded/trimmed to the video length; trim: longer audio is "
+                                       "cut to the video; keep_video: audio written as is, video untouched."),
+                io.Combo.Input("existing_audio", options=list(EXISTING_AUDIO), default="replace", optional=True,
+                               tooltip="replace the video's own audio, or mix it under the new audio."),
+                io.Float.Input("mix_gain_db", default=-12.0, min=-60.0, max=12.0, step=0.5, optional=True,
+                               tooltip="Gain of the original audio when mixing."),
+            ],
+            outputs=[io.Video.Output(display_name="video")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, video, audio, length_policy, existing_audio="replace", mix_gain_db=-12.0) -> io.NodeOutput:
+        from ..audiostory_core.media.mux import mux_audio_onto_video
+
+        wave, sr = audio_from_dict(audio)
+        work = Path(folder_paths.get_temp_directory()) / "audiostory"
+        work.mkdir(parents=True, exist_ok=True)
+        src = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+        if not isinstance(src, str):
+            tmp_in = work / f"mux_in_{uuid.uuid4().hex}.mp4"
+            if src is not None and hasattr(src, "getbuffer"):
+                tmp_in.write_bytes(src.getbuffer())
+            else:
+                video.save_to(str(tmp_in))
+            src = str(tmp_in)
+        ext = Path(src).suffix.lower()
+        if ext not in (".mp4", ".mov", ".mkv", ".webm", ".m4v"):
+            ext = ".mkv"
+        mm.throw_exception_if_processing_interrupted()
+        out = work / f"audiostory_mux_{uuid.uuid4().hex}{ext}"
+        mux_audio_onto_video(src, wave, sr, out, policy=length_policy, existing_audio=existing_audio,
+                             mix_gain_db=float(mix_gain_db))
+        return io.NodeOutput(InputImpl.VideoFromFile(str(out)))
+
+
+NODES = [AudioStoryVideoScenes, AudioStoryVideoCaptioner, AudioStoryDubbingPlan, AudioStoryMuxVideo]

@@ -1,6 +1,6 @@
 """CLI subcommands ``dub`` (video -> video with a generated soundtrack) and ``continue`` (audio -> longer audio).
 
-Kept apart from ``cli.py`` so the text-to-audio CLI stays small; ``cli.py`` registers these.
+Kept apart from ``main.py`` so the text-to-audio CLI stays small; ``main.py`` registers these.
 Order of work in ``dub``: scenes, then captions (the VLM is freed before AudioStory loads), then plan,
 render and mux; every output file is written atomically at the end.
 """
@@ -10,6 +10,8 @@ import argparse
 import gc
 import sys
 from pathlib import Path
+
+from .common import lead, pipeline, tqdm_hooks
 
 
 def _add_render_args(p: argparse.ArgumentParser) -> None:
@@ -73,18 +75,12 @@ def _search_dirs(args) -> list[Path]:
     return [root, root.parent]
 
 
-def _lead(args) -> str:
-    from .grammar import lead_phrase
-
-    return lead_phrase(args.lead_phrase, args.seed)
-
-
 def _scenes(args, max_scene: float):
-    from .captioning import apply_captions, parse_captions
-    from .video import check_frame_rate, detect_scenes, probe_video, scenes_from_dict
+    from ..media.captioning import apply_captions, parse_captions
+    from ..media.video import check_frame_rate, detect_scenes, probe_video, scenes_from_dict
     import json
 
-    from .errors import InputError
+    from ..errors import InputError
 
     if args.scenes:
         info = probe_video(args.video)
@@ -108,21 +104,20 @@ def _scenes(args, max_scene: float):
 
 
 def cmd_dub(args) -> int:
-    from .cli import _pipeline, _tqdm_hooks
-    from .config import locate
-    from .dubbing import dub_video, dubbing_plan, max_clip_seconds_for, max_scene_seconds, write_text_atomic
-    from .errors import AudioStoryError
-    from .pipeline import resolve_device
-    from .plan import StoryPlan
+    from ..models.config import locate
+    from ..tasks.dubbing import dub_video, dubbing_plan, max_clip_seconds_for, max_scene_seconds, write_text_atomic
+    from ..errors import AudioStoryError
+    from ..pipeline import resolve_device
+    from ..stages.plan import StoryPlan
 
-    hooks, close = _tqdm_hooks(not args.quiet)
+    hooks, close = tqdm_hooks(not args.quiet)
     try:
         paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
                        qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
         max_scene = max_scene_seconds(max_clip_seconds_for(paths), args.crossfade)
         scenes, captioned = _scenes(args, max_scene)
         if not captioned and not args.plan:
-            from .captioning import VisionCaptioner
+            from ..media.captioning import VisionCaptioner
 
             cap = VisionCaptioner.from_pretrained(args.vlm, _search_dirs(args), device=resolve_device(args.device))
             cap.caption_scenes(scenes, args.brief, hooks=hooks)
@@ -134,7 +129,7 @@ def cmd_dub(args) -> int:
             if not args.scenes_out:
                 print(scenes.to_json())
             return 0
-        pipe = _pipeline(args)
+        pipe = pipeline(args)
         if args.plan:
             try:
                 plan = StoryPlan.from_json(Path(args.plan).read_text())
@@ -142,7 +137,7 @@ def cmd_dub(args) -> int:
                 raise AudioStoryError(f"Cannot read plan {args.plan}: {e}") from e
         else:
             plan = dubbing_plan(pipe.models.planner, scenes, args.brief, event_captions=args.event_captions,
-                                lead=_lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks).plan
+                                lead=lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks).plan
         res = dub_video(pipe, args.video, args.out, scenes, plan=plan, crossfade=args.crossfade, steps=args.steps,
                         guidance=args.guidance, noise=args.noise, seed=args.seed, sampler=args.sampler,
                         sample_rate=args.sample_rate, curve=args.crossfade_curve, existing_audio=args.existing_audio,
@@ -158,13 +153,12 @@ def cmd_dub(args) -> int:
 
 
 def cmd_continue(args) -> int:
-    from .audio import write_audio
-    from .cli import _pipeline, _tqdm_hooks
-    from .continuation import (PlaceholderLayout, WhisperFeatures, build_audio_context, check_input_audio,
+    from ..stages.audio import write_audio
+    from ..tasks.continuation import (PlaceholderLayout, WhisperFeatures, build_audio_context, check_input_audio,
                                continue_audio, load_audio_file)
-    from .dubbing import write_text_atomic
-    from .errors import InputError
-    from .loading import Checkpoint
+    from ..tasks.dubbing import write_text_atomic
+    from ..errors import InputError
+    from ..models.loading import Checkpoint
 
     parts = args.placeholder.split(",")
     if len(parts) != 3:
@@ -172,15 +166,15 @@ def cmd_continue(args) -> int:
     layout = PlaceholderLayout(*parts)
     wave, sr = load_audio_file(args.audio)
     audio = check_input_audio(wave, sr)
-    pipe = _pipeline(args)
+    pipe = pipeline(args)
     tensors = Checkpoint(pipe.models.paths.checkpoint).tensors
     whisper = None
     if args.understanding != "text":
-        from .continuation import ResamplerSpec, resampler_status
+        from ..tasks.continuation import ResamplerSpec, resampler_status
 
         status, why = resampler_status(ResamplerSpec.from_config(pipe.models.config.raw), tensors)
         if status == "trained":
-            from .errors import ModelFilesError
+            from ..errors import ModelFilesError
 
             try:
                 whisper = WhisperFeatures.from_pretrained(args.whisper, _search_dirs(args),
@@ -194,9 +188,9 @@ def cmd_continue(args) -> int:
     ctx = build_audio_context(pipe.models.planner, audio, checkpoint_tensors=tensors, whisper=whisper,
                               description=args.audio_description, mode=args.understanding,
                               long_input=args.long_input, layout=layout)
-    hooks, close = _tqdm_hooks(not args.quiet)
+    hooks, close = tqdm_hooks(not args.quiet)
     try:
-        res = continue_audio(pipe, ctx, args.instruction, args.duration, output=args.output, lead=_lead(args),
+        res = continue_audio(pipe, ctx, args.instruction, args.duration, output=args.output, lead=lead(args),
                              max_new_tokens=args.max_new_tokens, crossfade=args.crossfade, steps=args.steps,
                              guidance=args.guidance, noise=args.noise, seed=args.seed, sampler=args.sampler,
                              sample_rate=args.sample_rate, curve=args.crossfade_curve, hooks=hooks)

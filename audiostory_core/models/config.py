@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import ModelFilesError
+from ..errors import ModelFilesError
 
 AUDIOSTORY_NAMES = ("AudioStory-3B", "audiostory-3B", "audiostory_3b", "audiostory-3b", "audiostory")
 FLUX_NAMES = ("Flux_detokenizer",)

@@ -16,8 +16,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .errors import InputError, ModelFilesError
-from .progress import Hooks, as_hooks
+from ..errors import InputError, ModelFilesError
+from ..progress import Hooks, as_hooks
 from .video import SceneList
 
 DEFAULT_VLM = "Qwen2.5-VL-3B-Instruct"
@@ -91,7 +91,7 @@ class VisionCaptioner:
                         **kw) -> "VisionCaptioner":
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from .loading import dtype_kwarg
+        from ..models.dtypes import dtype_kwarg
 
         src = resolve_model_dir(name, search_dirs)
         local = Path(src).is_dir()

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .errors import ModelFilesError
-from .grammar import TokenIds, added_tokens, expected_ids
+from ..errors import ModelFilesError
+from ..stages.grammar import TokenIds, added_tokens, expected_ids
 
 
 def build_tokenizer(tokenizer_dir: Path, added_tokens_json: Optional[Path], vocab_size: int,

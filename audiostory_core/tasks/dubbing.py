@@ -18,13 +18,13 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .atomic import atomic_write
-from .errors import InputError, PlanError
-from .event_tokens import event_tokens
-from .grammar import build_instruction
-from .plan import StoryEvent, StoryPlan, generate_plan
-from .progress import Hooks, as_hooks
-from .video import SceneList
+from ..atomic import atomic_write
+from ..errors import InputError, PlanError
+from ..stages.event_tokens import event_tokens
+from ..stages.grammar import build_instruction
+from ..stages.plan import StoryEvent, StoryPlan, generate_plan
+from ..progress import Hooks, as_hooks
+from ..media.video import SceneList
 
 DEFAULT_BRIEF = "Create the soundtrack of this video: sound effects and ambience that follow the picture."
 EVENT_CAPTIONS = ("auto", "planner", "scenes")
@@ -34,7 +34,7 @@ def max_clip_seconds_for(paths) -> float:
     """Clip length of a model root without loading it: ``audio_seq_len`` latent frames of 2048 samples."""
     import json
 
-    from .config import FluxConfig
+    from ..models.config import FluxConfig
 
     sr = 44100
     if paths.vae_config.is_file():
@@ -210,7 +210,7 @@ def dub_video(pipe, video: Union[str, Path], out: Union[str, Path], scenes: Scen
               mix_gain_db: float = -12.0, audio_codec: Optional[str] = None,
               hooks: Optional[Hooks] = None) -> DubResult:
     """Plan (unless ``plan`` is given), render and mux. ``out`` is written atomically, at the very end."""
-    from .mux import mux_audio_onto_video
+    from ..media.mux import mux_audio_onto_video
 
     if existing_audio not in ("replace", "mix"):
         raise InputError(f"existing_audio must be 'replace' or 'mix', got {existing_audio!r}.")

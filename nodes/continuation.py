@@ -9,16 +9,15 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..audiostory_core.config import find_audiostory_dir
-from ..audiostory_core.continuation import (DEFAULT_WHISPER, LONG_INPUT, MODES, ResamplerSpec, WhisperFeatures,
+from ..audiostory_core.models.config import find_audiostory_dir
+from ..audiostory_core.tasks.continuation import (DEFAULT_WHISPER, LONG_INPUT, MODES, ResamplerSpec, WhisperFeatures,
                                             resampler_status)
 from ..audiostory_core.errors import InputError, ModelFilesError
+from .common import AudioContext, Planner
 from .logic import CROSSFADE_CURVES, audio_dict, audio_from_dict, resolve_model_root
 from .media_logic import checkpoint_tensors, join_continuation, make_audio_context
 
 CATEGORY = "audio/AudioStory/continuation"
-Planner = io.Custom("AUDIOSTORY_PLANNER")
-AudioContext = io.Custom("AUDIOSTORY_AUDIO_CONTEXT")
 
 
 def _model_dirs() -> list[str]:

@@ -26,13 +26,13 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .audio import crossfade_concat, resample
-from .captioning import resolve_model_dir
-from .errors import InputError, ModelFilesError
-from .event_tokens import event_tokens
-from .grammar import build_instruction, build_prompt
-from .plan import PlanResult, PromptContext, generate_plan
-from .progress import Hooks, as_hooks
+from ..stages.audio import crossfade_concat, resample
+from ..media.captioning import resolve_model_dir
+from ..errors import InputError, ModelFilesError
+from ..stages.event_tokens import event_tokens
+from ..stages.grammar import build_instruction, build_prompt
+from ..stages.plan import PlanResult, PromptContext, generate_plan
+from ..progress import Hooks, as_hooks
 
 WHISPER_SR = 16000
 WINDOW_SECONDS = 30.0
@@ -126,7 +126,7 @@ class WhisperFeatures:
                         dtype: torch.dtype = torch.float32) -> "WhisperFeatures":
         from transformers import WhisperFeatureExtractor, WhisperModel
 
-        from .loading import dtype_kwarg
+        from ..models.dtypes import dtype_kwarg
 
         src = resolve_model_dir(name, search_dirs, what="Whisper model", example="openai/whisper-large-v3")
         try:
@@ -424,7 +424,7 @@ def continue_audio(pipe, ctx: AudioContext, instruction: str, duration: float, *
     res = generate_plan(planner, description, duration, lead=lead, max_new_tokens=max_new_tokens,
                         context=pc, hooks=hooks)
     if not res.plan.events:
-        from .errors import PlanError
+        from ..errors import PlanError
 
         raise PlanError("The planner wrote no usable event. " + "; ".join(res.plan.problems))
     problems = list(ctx.notes) + list(res.plan.problems) + pipe.check_durations(res.plan.durations, crossfade)

@@ -15,10 +15,11 @@ from typing import Any, Optional
 
 import torch
 
-from .errors import InputError, PlanError
+from ..errors import InputError, PlanError
+from .processors import apply_processors, repetition_penalty
 from .grammar import (TokenIds, build_instruction, build_prompt, parse_transcript, render_caption,
                       split_caption)
-from .progress import Hooks, as_hooks
+from ..progress import Hooks, as_hooks
 
 PLAN_FORMAT = "audiostory-plan/1"
 
@@ -153,25 +154,6 @@ def prompt_ids_for(tokenizer, instruction: str) -> list[int]:
     return tokenizer.encode(build_prompt(instruction), add_special_tokens=False)
 
 
-def _apply_processors(scores: torch.Tensor, last: int, sem_block: list[int], res_block: list[int]) -> None:
-    """The official AutoT5/AutoAudio token processors, in that order (in place, batch of one)."""
-    for block in (sem_block, res_block):
-        if last in block[:-1]:
-            nxt = block[block.index(last) + 1]
-            scores[0, nxt] = scores[0].max() + 10.0
-        else:
-            scores[0, block[1:]] = 0.0
-
-
-def _repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """``RepetitionPenaltyLogitsProcessor``: divide positive, multiply negative logits of seen ids."""
-    if penalty == 1.0:
-        return scores
-    s = torch.gather(scores, 1, seen)
-    s = torch.where(s < 0, s * penalty, s / penalty)
-    return scores.scatter(1, seen, s)
-
-
 @torch.no_grad()
 def generate_plan(planner, description: str, total_duration: float, *, lead: str = "",
                   max_new_tokens: Optional[int] = None, keep_hidden: bool = True,
@@ -184,7 +166,7 @@ def generate_plan(planner, description: str, total_duration: float, *, lead: str
     With the defaults this is the reference loop. ``fast`` feeds each forced query block in one
     forward, ``static_cache`` uses a preallocated KV cache and ``compile`` a CUDA-graph compiled step
     (CUDA only; eager elsewhere); ``token_source`` replaces the argmax (see
-    :mod:`audiostory_core.fast_decode`). Any of them switches to the fast loop, which yields the
+    :mod:`audiostory_core.stages.fast_decode`). Any of them switches to the fast loop, which yields the
     reference token sequence (checked per block) and states equal up to float rounding."""
     hooks = as_hooks(hooks)
     validate_instruction(description, total_duration)
@@ -224,8 +206,8 @@ def generate_plan(planner, description: str, total_duration: float, *, lead: str
     for step in range(limit):
         hooks.check()
         logits = llm.lm_head(h[:, -1:, :]).float()[:, -1, :]
-        logits = _repetition_penalty(logits, seq, penalty)
-        _apply_processors(logits, int(seq[0, -1]), sem_block, res_block)
+        logits = repetition_penalty(logits, seq, penalty)
+        apply_processors(logits, int(seq[0, -1]), sem_block, res_block)
         nxt = int(torch.argmax(logits, dim=-1))
         generated.append(nxt)
         hooks.report("plan", step + 1, limit)

@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .plan import _apply_processors
+from .processors import apply_processors
 
 TokenSource = Callable[[torch.Tensor, list], int]
 
@@ -150,7 +150,7 @@ def decode_fast(llm, embeds: torch.Tensor, prompt: list[int], *, limit: int, eos
         logits = llm.lm_head(h[:, -1, :]).float()
         logits = penalise(logits, seen, penalty)
         if last in sem_block[:-1] or last in res_block[:-1]:
-            _apply_processors(logits, last, sem_block, res_block)
+            apply_processors(logits, last, sem_block, res_block)
         else:  # both processors suppress their block's tokens (weak: set to 0.0)
             logits[0, free_zero] = 0.0
         nxt = token_source(logits, generated) if token_source is not None else int(torch.argmax(logits, dim=-1))

@@ -26,8 +26,8 @@ from typing import Optional
 
 import torch
 
-from .atomic import atomic_write
-from .errors import InputError
+from ..atomic import atomic_write
+from ..errors import InputError
 
 MEMORY_FORMAT = "audiostory-memory/1"
 
@@ -82,7 +82,7 @@ class StoryMemory:
         return sorted({ev.chapter for ev in self.events})
 
     def chapter_plans(self) -> list:
-        from .plan import StoryPlan
+        from ..stages.plan import StoryPlan
 
         return [StoryPlan.from_json(self.chapters[i]) for i in self.remembered_chapters()]
 
@@ -145,7 +145,7 @@ class StoryMemory:
 # ---------------------------------------------------------------- planning with memory
 def chapter_body_ids(tokenizer, ids, plan) -> list[int]:
     """The assistant answer of a chapter: its transcript up to the last event (re-rendered if edited)."""
-    from .plan import forced_sequence
+    from ..stages.plan import forced_sequence
 
     return list(forced_sequence(tokenizer, ids, plan, []).ids)
 
@@ -153,7 +153,7 @@ def chapter_body_ids(tokenizer, ids, plan) -> list[int]:
 def memory_prompt_ids(tokenizer, ids, memory: Optional[StoryMemory], instruction: str) -> Optional[list[int]]:
     """Prompt ids with the remembered chapters as earlier chat turns; None when there is nothing to add
     (then the caller uses the reference prompt unchanged)."""
-    from .grammar import ASSISTANT_START, SYSTEM_MESSAGE, USER_TURN, build_prompt
+    from ..stages.grammar import ASSISTANT_START, SYSTEM_MESSAGE, USER_TURN, build_prompt
 
     if memory is None or memory.is_empty:
         return None
@@ -172,7 +172,7 @@ def memory_prompt_ids(tokenizer, ids, memory: Optional[StoryMemory], instruction
 
 def history_ids(tokenizer, ids, memory: Optional[StoryMemory]) -> list[int]:
     """Only the remembered turns (no system message, no new instruction)."""
-    from .grammar import ASSISTANT_START, USER_TURN
+    from ..stages.grammar import ASSISTANT_START, USER_TURN
 
     if memory is None or memory.is_empty:
         return []
@@ -192,8 +192,8 @@ def with_history(tokenizer, ids, memory: Optional[StoryMemory], instruction: str
     With an audio ``context`` the remembered turns are inserted after its system message and its
     embedding positions are shifted accordingly.
     """
-    from .grammar import SYSTEM_MESSAGE
-    from .plan import PromptContext
+    from ..stages.grammar import SYSTEM_MESSAGE
+    from ..stages.plan import PromptContext
 
     hist = history_ids(tokenizer, ids, memory)
     if not hist:

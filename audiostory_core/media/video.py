@@ -22,8 +22,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .errors import InputError
-from .progress import Hooks, as_hooks
+from ..errors import InputError
+from ..progress import Hooks, as_hooks
 
 PathLike = Union[str, Path]
 SCENES_FORMAT = "audiostory-scenes/1"

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .progress import Hooks, as_hooks
+from ..progress import Hooks, as_hooks
 
 DEFAULT_OVERLAP = 32   # latent frames of context per side; the decoder's reach is far smaller
 

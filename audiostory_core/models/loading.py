@@ -14,8 +14,9 @@ from typing import Optional
 
 import torch
 
+from .dtypes import dtype_kwarg
 from .config import AudioStoryConfig, FluxConfig, ModelPaths
-from .errors import ModelFilesError, WeightsMismatchError
+from ..errors import ModelFilesError, WeightsMismatchError
 from .modules import AudioStoryDiT, BridgeHeads
 from .null_embedding import load_or_compute
 from .tokenizer import build_tokenizer
@@ -38,13 +39,6 @@ class GenerationSettings:
         eos = cfg.get("eos_token_id", [])
         eos = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         return cls(eos_token_ids=eos, repetition_penalty=float(cfg.get("repetition_penalty", 1.0)))
-
-
-def dtype_kwarg(dtype: torch.dtype) -> dict:
-    """transformers >= 4.56 renamed ``torch_dtype`` to ``dtype``."""
-    import transformers
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 @contextmanager

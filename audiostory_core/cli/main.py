@@ -8,54 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .errors import AudioStoryError, GenerationInterrupted
-
-
-def _tqdm_hooks(enabled: bool = True):
-    """Hooks that draw one tqdm bar per stage on stderr."""
-    from tqdm import tqdm
-
-    from .progress import Hooks
-
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if not enabled:
-            return
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, leave=False, file=sys.stderr)
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-        if stage != "plan" and done >= total:
-            bar.close()
-
-    def close() -> None:
-        for b in bars.values():
-            b.close()
-
-    return Hooks(progress=progress), close
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", required=True, help="model root (holds AudioStory-3B/, Flux_detokenizer/, ...)")
-    p.add_argument("--audiostory-dir", help="override: folder with config.yaml + pytorch_model.bin")
-    p.add_argument("--flux-dir", help="override: Flux_detokenizer folder")
-    p.add_argument("--qwen-dir", help="override: Qwen2.5-3B-Instruct folder")
-    p.add_argument("--t5-dir", help="override: flan-t5-large folder")
-    p.add_argument("--tokenizer-dir", help="override: tokenizer folder")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto = fp16 on GPU (as the official code), fp32 on CPU")
-
-
-def _add_plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--instruction", help="the story to tell")
-    p.add_argument("--duration", type=float, help="total duration in seconds")
-    p.add_argument("--max-new-tokens", type=int, default=1600)
-    p.add_argument("--lead-phrase", default="none",
-                   help="none (instruction verbatim), random (inference.py with --seed), or an index 0-19")
+from ..errors import AudioStoryError, GenerationInterrupted
+from .common import add_model_args, add_plan_args, lead, pipeline, tqdm_hooks
+from .media import COMMANDS as _MEDIA_COMMANDS, add_parsers as _add_media_parsers  # dub, continue
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="instruction -> long audio")
-    _add_model_args(g)
-    _add_plan_args(g)
+    add_model_args(g)
+    add_plan_args(g)
     g.add_argument("--out", required=True, help="output .wav or .flac")
     g.add_argument("--plan", help="use this plan JSON (edited or hand-written) instead of planning")
     g.add_argument("--steps", type=int, default=50)
@@ -80,13 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("plan", help="print the story plan as JSON")
-    _add_model_args(p)
-    _add_plan_args(p)
+    add_model_args(p)
+    add_plan_args(p)
     p.add_argument("--seed", type=int, default=0)
 
-    from .cli_media import add_parsers as _add_media_parsers   # dub, continue
-
-    _add_media_parsers(sub, _add_model_args)
+    _add_media_parsers(sub, add_model_args)
 
     d = sub.add_parser("download", help="fetch the public weights into the official layout")
     d.add_argument("--models", required=True)
@@ -94,29 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _pipeline(args, planner=True, dit=True, vae=True):
-    from .config import locate
-    from .loading import load_models
-    from .pipeline import AudioStoryPipeline, resolve_device, resolve_dtype
-
-    paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
-                   qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
-    dev = resolve_device(args.device)
-    return AudioStoryPipeline(load_models(paths, resolve_dtype(args.dtype, dev), dev, planner=planner,
-                                          dit=dit, vae=vae))
-
-
-def _lead(args) -> str:
-    from .grammar import lead_phrase
-
-    return lead_phrase(args.lead_phrase, getattr(args, "seed", 0))
 
 
 def _write_dump(folder: Path, result, out_name: str) -> None:
     """Write the dump into a temporary folder first, then move the files in (no half-written dump)."""
     from safetensors.torch import save_file
 
-    from .audio import write_audio
+    from ..stages.audio import write_audio
 
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".dump-") as tmp:
@@ -132,8 +69,8 @@ def _write_dump(folder: Path, result, out_name: str) -> None:
 
 
 def cmd_generate(args) -> int:
-    from .plan import StoryPlan
-    from .audio import write_audio
+    from ..stages.plan import StoryPlan
+    from ..stages.audio import write_audio
 
     plan = None
     if args.plan:
@@ -144,19 +81,19 @@ def cmd_generate(args) -> int:
         plan = StoryPlan.from_json(text)
     elif not args.instruction or args.duration is None:
         raise AudioStoryError("generate needs --instruction and --duration (or --plan).")
-    pipe = _pipeline(args)
+    pipe = pipeline(args)
     if plan is not None:
         too_long = [i + 1 for i, d in enumerate(plan.durations)
                     if d + (args.crossfade if i < len(plan.durations) - 1 else 0) > pipe.max_clip_seconds]
         if too_long:
             raise AudioStoryError(f"Plan events {too_long} are longer than one clip can hold "
                                   f"({pipe.max_clip_seconds:.2f} s including the {args.crossfade} s crossfade).")
-    hooks, close = _tqdm_hooks(not args.quiet)
+    hooks, close = tqdm_hooks(not args.quiet)
     try:
         res = pipe.generate(args.instruction or "", args.duration or 0.0, plan=plan, steps=args.steps,
                             guidance=args.guidance, seed=args.seed, noise=args.noise, sampler=args.sampler,
                             sample_rate=args.sample_rate, crossfade=args.crossfade, curve=args.crossfade_curve,
-                            max_new_tokens=args.max_new_tokens, lead=_lead(args), hooks=hooks)
+                            max_new_tokens=args.max_new_tokens, lead=lead(args), hooks=hooks)
     finally:
         close()
     for p in res.problems:
@@ -174,10 +111,10 @@ def cmd_generate(args) -> int:
 def cmd_plan(args) -> int:
     if not args.instruction or args.duration is None:
         raise AudioStoryError("plan needs --instruction and --duration.")
-    pipe = _pipeline(args, dit=False, vae=False)
-    hooks, close = _tqdm_hooks(True)
+    pipe = pipeline(args, dit=False, vae=False)
+    hooks, close = tqdm_hooks(True)
     try:
-        res = pipe.plan(args.instruction, args.duration, args.max_new_tokens, _lead(args), hooks)
+        res = pipe.plan(args.instruction, args.duration, args.max_new_tokens, lead(args), hooks)
     finally:
         close()
     print(res.plan.to_json())
@@ -185,14 +122,13 @@ def cmd_plan(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .download import download_all
+    from ..models.download import download_all
 
     download_all(Path(args.models), args.only)
     return 0
 
 
 COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "download": cmd_download}
-from .cli_media import COMMANDS as _MEDIA_COMMANDS  # noqa: E402  (dub, continue)
 
 COMMANDS.update(_MEDIA_COMMANDS)
 

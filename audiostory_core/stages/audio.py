@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .atomic import atomic_write
-from .errors import InputError
-from .progress import Hooks, as_hooks
+from ..atomic import atomic_write
+from ..errors import InputError
+from ..progress import Hooks, as_hooks
 
 CROSSFADES = ("linear", "equal_power")
 

@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from .errors import ModelFilesError
+from ..errors import ModelFilesError
 from .weights import T5_PREFIX
 
 CACHE_ENV = "AUDIOSTORY_CACHE"
@@ -60,7 +60,7 @@ def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
         strict_load(model, state, f"T5 encoder weights ({T5_PREFIX}*)", torch.float32, assign=False)
     else:
         try:
-            from .loading import dtype_kwarg
+            from .dtypes import dtype_kwarg
             model = T5EncoderModel.from_pretrained(str(t5_dir), **dtype_kwarg(torch.float32))
         except Exception as e:
             raise ModelFilesError(f"Cannot load the T5 encoder weights from {t5_dir}: {e}") from e

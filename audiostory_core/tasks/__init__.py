@@ -1,0 +1,1 @@
+"""Tasks built on the pipeline: multi-chapter memory, video dubbing, audio continuation."""

@@ -1,0 +1,85 @@
+"""Model loader node: an AudioStory model root -> planner, DiT as a ComfyUI MODEL, Oobleck as a VAE."""
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management as mm
+from comfy_api.latest import io
+
+from ..audiostory_core.models.config import locate
+from ..audiostory_core.models.loading import load_models
+from . import comfy_models as cm
+from .common import CATEGORY, Planner, llm_dtype, model_folders, model_roots, reference_numerics
+from .logic import DTYPE_CHOICES, PlannerHandle, dtype_from_choice, no_roots_message, resolve_model_root
+
+
+class AudioStoryModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        roots = model_roots()
+        return io.Schema(
+            node_id="AudioStoryModelLoader",
+            display_name="AudioStory Model Loader",
+            category=CATEGORY,
+            description="Loads an AudioStory model root from models/audiostory/: the LLM planner, the DiT as a "
+                        "ComfyUI MODEL and the Oobleck VAE as a ComfyUI VAE, each under ComfyUI's memory manager.",
+            inputs=[
+                io.Combo.Input("root", options=roots, default=roots[0] if roots else None,
+                               tooltip="A folder in models/audiostory/ holding AudioStory-3B/, Flux_detokenizer/, "
+                                       "Qwen2.5-3B-Instruct/ and flan-t5-large/."),
+                io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
+                               tooltip="auto: chosen per component by ComfyUI for the current device (fp32 on CPU)."),
+            ],
+            outputs=[
+                Planner.Output(display_name="planner", tooltip="LLM, tokenizer, bridge heads and null embedding."),
+                io.Model.Output(display_name="model", tooltip="The audio DiT as a flow-matching ComfyUI MODEL."),
+                io.Vae.Output(display_name="vae", tooltip="The Oobleck VAE (works with VAEDecodeAudio too)."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, root, dtype):
+        roots = model_roots()
+        if not roots:
+            return no_roots_message(model_folders())
+        if root not in roots:
+            return f"Model folder {root!r} is not in models/audiostory/; available: {', '.join(roots)}."
+        if dtype not in DTYPE_CHOICES:
+            return f"dtype must be one of {', '.join(DTYPE_CHOICES)}"
+        return True
+
+    @classmethod
+    @reference_numerics
+    def execute(cls, root, dtype) -> io.NodeOutput:
+        forced = dtype_from_choice(dtype)
+        paths = locate(resolve_model_root(model_folders(), root))
+        dev = mm.get_torch_device()
+        want = {
+            "planner": (forced or llm_dtype(mm.text_encoder_device()), mm.text_encoder_offload_device()),
+            "dit": (forced or mm.unet_dtype(device=dev, supported_dtypes=[torch.float16, torch.bfloat16,
+                                                                         torch.float32]), mm.unet_offload_device()),
+            "vae": (forced or mm.vae_dtype(mm.vae_device(), [torch.float16, torch.bfloat16, torch.float32]),
+                    mm.vae_offload_device()),
+        }
+        groups: dict = {}
+        for comp, key in want.items():
+            groups.setdefault(key, []).append(comp)
+        loaded = {}
+        for (dt, device), comps in groups.items():
+            res = load_models(paths, dt, device, planner="planner" in comps, dit="dit" in comps, vae="vae" in comps)
+            for comp in comps:
+                loaded[comp] = res
+        planner = loaded["planner"].planner
+        dit = loaded["dit"].dit
+        vae = loaded["vae"].vae
+        llm_p, heads_p = cm.planner_patchers(planner)
+        handle = PlannerHandle(planner=planner, null_embedding=loaded["dit"].null_embedding.detach().float().cpu(),
+                               audio_seq_len=int(dit.config.audio_seq_len),
+                               vae_sample_rate=int(vae.config.sampling_rate), root_name=root,
+                               llm_patcher=llm_p, heads_patcher=heads_p)
+        model = cm.dit_model_patcher(dit, want["dit"][0])
+        comfy_vae = cm.AudioStoryVAE(vae, want["vae"][0])
+        return io.NodeOutput(handle, model, comfy_vae)
+
+
+NODES = [AudioStoryModelLoader]

@@ -1,0 +1,127 @@
+"""Planner nodes: the LLM plans the story, or a plan is written/edited as JSON."""
+from __future__ import annotations
+
+import comfy.model_management as mm
+from comfy_api.latest import io, ui
+
+from ..audiostory_core.errors import InputError, PlanError
+from ..audiostory_core.stages.grammar import build_instruction
+from ..audiostory_core.stages.plan import generate_plan
+from ..audiostory_core.tasks.memory import with_history
+from . import comfy_models as cm
+from .common import CATEGORY, AudioContext, Memory, Plan, Planner, make_hooks, reference_numerics, send_text
+from .logic import (PlanBundle, TextThrottle, describe_plan, parse_plan_json, planner_audio_context,
+                    validate_plan_inputs)
+
+
+class AudioStoryPlanner(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryPlanner",
+            display_name="AudioStory Planner",
+            category=CATEGORY,
+            description="The LLM plans the story: reasoning plus timed events (greedy, as the reference).",
+            inputs=[
+                Planner.Input("planner"),
+                io.String.Input("instruction", multiline=True,
+                                default="A thunderstorm rolls over a quiet farm at night.",
+                                tooltip="The story to tell. The sentence 'The total duration is N seconds.' is added."),
+                io.Float.Input("total_duration", default=12.0, min=1.0, max=600.0, step=0.5,
+                               tooltip="Length of the whole story in seconds."),
+                io.Int.Input("max_new_tokens", default=1600, min=16, max=8192,
+                             tooltip="Upper bound on generated tokens (reasoning + events)."),
+                Memory.Input("memory", optional=True,
+                             tooltip="Earlier chapters: they are shown to the planner as earlier chat turns."),
+                AudioContext.Input("audio_context", optional=True,
+                                   tooltip="Audio to continue (AudioStory Audio Context). Its prompt is built for this "
+                                           "node's instruction and total_duration."),
+                io.Boolean.Input("unload_llm_after", default=False, optional=True,
+                                 tooltip="Move the LLM off the GPU right after planning (it is also evicted "
+                                         "automatically when the DiT needs the memory)."),
+            ],
+            outputs=[
+                Plan.Output(display_name="plan"),
+                io.String.Output(display_name="plan_json", tooltip="The plan as editable JSON."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, instruction=None, total_duration=None, max_new_tokens=None, **kwargs):
+        msg = validate_plan_inputs(instruction, total_duration, max_new_tokens)
+        return msg if msg else True
+
+    @classmethod
+    @reference_numerics
+    def execute(cls, planner, instruction, total_duration, max_new_tokens, memory=None, audio_context=None,
+                unload_llm_after=False) -> io.NodeOutput:
+        msg = validate_plan_inputs(instruction, total_duration, max_new_tokens)
+        if msg:
+            raise InputError(msg)
+        pl = planner.planner
+        mm.load_models_gpu([planner.llm_patcher, planner.heads_patcher])
+        # the audio context is rebuilt for THIS instruction and duration (not the one it was made with)
+        lead, ctx = planner_audio_context(audio_context, pl.tokenizer, instruction, float(total_duration))
+        instr = build_instruction(instruction, float(total_duration), lead)
+        ctx = with_history(pl.tokenizer, pl.ids, memory, instr, ctx)
+        node_id = cls.hidden.unique_id
+        stream = TextThrottle(send_text(node_id))
+        result = generate_plan(pl, instruction, float(total_duration), lead=lead, max_new_tokens=int(max_new_tokens),
+                               keep_hidden=True, context=ctx, hooks=make_hooks(node_id, stream))
+        stream.flush()
+        if result.hidden is not None:
+            result.hidden = result.hidden.to(mm.intermediate_device())
+        if unload_llm_after:
+            cm.unload_patcher(planner.llm_patcher)
+        plan = result.plan
+        if not plan.events:
+            raise PlanError("The planner produced no usable event"
+                            + (f" ({'; '.join(plan.problems)})" if plan.problems else "")
+                            + ". Rephrase the instruction, raise max_new_tokens, or write the plan by hand with "
+                              "AudioStoryPlanFromJSON.")
+        text = plan.to_json()
+        send_text(node_id)(describe_plan(plan))
+        return io.NodeOutput(PlanBundle(plan=plan, result=result, context=ctx), text, ui=ui.PreviewText(text))
+
+
+class AudioStoryPlanFromJSON(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryPlanFromJSON",
+            display_name="AudioStory Plan from JSON",
+            category=CATEGORY,
+            description="Edit captions and durations of a plan, or write one by hand. Validated with the "
+                        "location of any JSON error.",
+            inputs=[
+                io.String.Input("json", multiline=True,
+                                default='{\n  "instruction": "A quiet farm at night.",\n  "reasoning": "",\n'
+                                        '  "events": [\n    {"caption": "crickets chirp softly", "duration": 4.0}\n  ]\n}',
+                                tooltip="A plan as printed by AudioStoryPlanner: instruction, reasoning, events "
+                                        "[{caption, duration}]."),
+            ],
+            outputs=[
+                Plan.Output(display_name="plan"),
+                io.String.Output(display_name="plan_json"),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, json=None):
+        if json is None:
+            return True
+        try:
+            parse_plan_json(json)
+        except PlanError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, json) -> io.NodeOutput:
+        plan = parse_plan_json(json)
+        text = plan.to_json()
+        return io.NodeOutput(PlanBundle(plan=plan), text, ui=ui.PreviewText(describe_plan(plan)))
+
+
+NODES = [AudioStoryPlanner, AudioStoryPlanFromJSON]

@@ -1,0 +1,134 @@
+"""Event-token and consistency-memory nodes: a plan -> fused DiT conditioning, remembered across chapters."""
+from __future__ import annotations
+
+import math
+import os
+
+import comfy.model_management as mm
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..audiostory_core.errors import InputError
+from ..audiostory_core.stages.event_tokens import event_tokens
+from ..audiostory_core.stages.plan import PlanResult
+from ..audiostory_core.tasks.memory import StoryMemory, fuse_with_memory, with_history
+from .common import CATEGORY, Events, Memory, Plan, Planner, make_hooks, reference_numerics
+from .logic import (MEMORY_MODES, EventsBundle, PlanBundle, check_clip_lengths, conditioning_pair, empty_latent,
+                    memory_file, memory_for)
+
+
+class AudioStoryEventTokens(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryEventTokens",
+            display_name="AudioStory Event Tokens",
+            category=CATEGORY,
+            description="Per-event semantic + residual query tokens, fused into DiT conditioning. Also gives "
+                        "CONDITIONING and an empty latent for core KSampler / SamplerCustomAdvanced.",
+            inputs=[
+                Planner.Input("planner"),
+                Plan.Input("plan"),
+                io.Float.Input("crossfade", default=3.0, min=0.0, max=10.0, step=0.1,
+                               tooltip="Seconds of overlap between clips; every clip but the last is rendered "
+                                       "this much longer. Use the same value in AudioStoryDecode."),
+                Memory.Input("memory", optional=True,
+                             tooltip="Remembered events of earlier chapters: their residual tokens join the "
+                                     "fusion attention (empty or absent memory = reference tokens)."),
+            ],
+            outputs=[
+                Events.Output(display_name="events"),
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative"),
+                Memory.Output(display_name="memory", tooltip="The memory plus this chapter's events."),
+                io.Latent.Output(display_name="empty_latent",
+                                 tooltip="Zero audio latent [events, 64, frames] for core samplers."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, crossfade=None, **kwargs):
+        if crossfade is not None and (crossfade < 0 or math.isnan(crossfade)):
+            return f"crossfade must be >= 0 s, got {crossfade}"
+        return True
+
+    @classmethod
+    @reference_numerics
+    def execute(cls, planner, plan, crossfade, memory=None) -> io.NodeOutput:
+        if not isinstance(plan, PlanBundle):
+            raise InputError("plan must come from AudioStoryPlanner or AudioStoryPlanFromJSON.")
+        story = plan.plan
+        check_clip_lengths(story.durations, float(crossfade), planner.max_clip_seconds)
+        pl = planner.planner
+        context, generated = plan.context, plan.result
+        if memory is not None and not memory.is_empty and context is None:
+            context = with_history(pl.tokenizer, pl.ids, memory, story.instruction, None)
+            generated = None  # the plan was generated without this memory: re-encode it with the memory prompt
+        reuse = generated is not None and generated.plan is story and generated.hidden is not None
+        mm.load_models_gpu([planner.heads_patcher] if reuse else [planner.llm_patcher, planner.heads_patcher])
+        if reuse:
+            generated = PlanResult(plan=story, prompt_ids=generated.prompt_ids,
+                                   hidden=generated.hidden.to(pl.device))
+        hooks = make_hooks(cls.hidden.unique_id)
+        tokens = event_tokens(pl, story, generated, hooks, context)
+        if memory is not None and not memory.is_empty:
+            fused = fuse_with_memory(pl.heads, tokens.semantic, tokens.residual, memory.residual_bank(),
+                                     memory.strength)
+        else:
+            fused = tokens.fused
+        dev = mm.intermediate_device()
+        tokens.semantic, tokens.residual = tokens.semantic.to(dev), tokens.residual.to(dev)
+        tokens.fused = tokens.fused.to(dev)
+        events = EventsBundle(tokens=tokens, fused=fused.detach().to(dev), null_embedding=planner.null_embedding,
+                              crossfade=float(crossfade), audio_seq_len=planner.audio_seq_len, plan=story,
+                              vae_sample_rate=planner.vae_sample_rate)
+        new_memory = (memory if memory is not None else StoryMemory()).add_chapter(story, tokens.semantic,
+                                                                                    tokens.residual)
+        pos, neg = conditioning_pair(events)
+        return io.NodeOutput(events, pos, neg, new_memory, empty_latent(events))
+
+
+class AudioStoryConsistencyMemory(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AudioStoryConsistencyMemory",
+            display_name="AudioStory Consistency Memory",
+            category=CATEGORY,
+            description="Cross-chapter memory: start empty, load from or save to a file (in the output folder), "
+                        "keep the last K events. Chapter 2 keeps chapter 1's sound world.",
+            inputs=[
+                Memory.Input("memory", optional=True),
+                io.Combo.Input("mode", options=list(MEMORY_MODES), default="new",
+                               tooltip="new: empty memory; pass_through: apply window/strength; load: read the "
+                                       "file; save: write the input memory to the file and pass it on."),
+                io.String.Input("path", default="audiostory/memory/story",
+                                tooltip="File relative to the ComfyUI output folder (.safetensors is added)."),
+                io.Int.Input("window", default=8, min=1, max=256,
+                             tooltip="Keep the last K remembered events."),
+                io.Float.Input("strength", default=0.5, min=0.0, max=10.0, step=0.05,
+                               tooltip="Attention weight of remembered tokens in the fusion (0 = off)."),
+            ],
+            outputs=[Memory.Output(display_name="memory")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, mode=None, path=None, **kwargs):
+        if mode == "load":
+            try:
+                f = memory_file(folder_paths.get_output_directory(), path)
+                return f"{f}:{os.path.getmtime(f)}"
+            except (OSError, InputError):
+                return float("nan")
+        return mode
+
+    @classmethod
+    def execute(cls, mode, path, window, strength, memory=None) -> io.NodeOutput:
+        f = memory_file(folder_paths.get_output_directory(), path) if mode in ("load", "save") else None
+        out = memory_for(mode, memory, f, int(window), float(strength))
+        return io.NodeOutput(out, ui=ui.PreviewText(out.recap()))
+
+
+NODES = [AudioStoryEventTokens, AudioStoryConsistencyMemory]
