@@ -3,6 +3,8 @@
 ComfyUI V3 entry point. The nodes are thin adapters over ``audiostory_core`` (plain PyTorch,
 usable without ComfyUI: ``python -m audiostory_core generate ...``).
 """
+WEB_DIRECTORY = "./web"   # frontend extension: the audio player on AudioStorySaveAudio
+
 try:
     from comfy_api.latest import ComfyExtension
 except ImportError:  # imported outside ComfyUI (e.g. pytest collecting the repository as a package)
@@ -10,6 +12,9 @@ except ImportError:  # imported outside ComfyUI (e.g. pytest collecting the repo
 
 if ComfyExtension is not None:
     from .nodes import load_nodes
+    from .install_examples import install_into_comfyui_input
+
+    install_into_comfyui_input()   # example media for the shipped workflows, copied into input/ if missing
 
     class AudioStoryExtension(ComfyExtension):
         async def get_node_list(self):

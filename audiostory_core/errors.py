@@ -41,3 +41,11 @@ class InputError(AudioStoryError, ValueError):
 
 class GenerationInterrupted(AudioStoryError):
     """The caller asked to stop (ComfyUI Cancel, Ctrl-C); nothing was written."""
+
+
+class OutputPathError(InputError):
+    """An output path cannot be used: a folder, an unsupported extension, unwritable, or an input file."""
+
+
+class NonFiniteError(AudioStoryError):
+    """A stage produced NaN/Inf; raised before anything is written."""

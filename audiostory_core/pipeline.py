@@ -17,16 +17,22 @@ from .perf import PerfOptions
 from .stages.plan import PlanResult, StoryPlan, generate_plan
 from .progress import Hooks, as_hooks
 from .stages.sampling import sample_latents
+from .validation import (check_crossfade, check_device, check_finite, check_instruction, check_plan_events,
+                         check_render_args, check_sample_rate, check_total_duration, check_transcript_ids,
+                         clip_problems, total_mismatch)
 
 HOP = 2048
 LOW_VRAM_CHUNK_FRAMES = 128   # latent frames per VAE window in low-VRAM mode (~6 s of audio)
 REFERENCE_SAMPLE_RATE = 32000
 
 
+TOKENS_CAUSE = "LLM or bridge-head weights that are not finite, or fp16 overflow (try --dtype fp32 or bf16)"
+AUDIO_CAUSE = "VAE weights that are not finite or latents out of range (with fp16, try --dtype fp32 or bf16)"
+
+
 def resolve_device(device: Optional[str]) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``auto`` -> cuda if available, else cpu; a name that is not usable here is an :class:`InputError`."""
+    return check_device(device)
 
 
 def resolve_dtype(dtype: Optional[str], device: torch.device) -> torch.dtype:
@@ -113,18 +119,21 @@ class AudioStoryPipeline:
         return self.models.flux_config.audio_seq_len * HOP / sr
 
     def check_durations(self, durations: list[float], crossfade: float) -> list[str]:
-        """Problems with clip lengths; the official code truncates silently, here it is reported."""
-        out = []
-        for i, s in enumerate(clip_seconds(durations, crossfade)):
-            if s > self.max_clip_seconds:
-                out.append(f"event {i + 1}: {s:.2f} s (with crossfade tail) exceeds the "
-                           f"{self.max_clip_seconds:.2f} s a clip can hold; it will be cut short")
-        clips = clip_seconds(durations, crossfade)
-        for i in range(1, len(clips)):
-            if crossfade > 0 and (clips[i] < crossfade or clips[i - 1] < crossfade):
-                out.append(f"event {i + 1}: a clip is shorter than the {crossfade:g} s crossfade, so it is "
-                           "joined without overlap (official rule); the story gets longer than planned")
-        return out
+        """Clip-length rules shared by every path (:func:`validation.clip_problems`): a clip longer than
+        the DiT window is a :class:`PlanError` (the official code cuts it silently); warnings are returned."""
+        return clip_problems(durations, crossfade, self.max_clip_seconds)
+
+    def _vocab_size(self) -> int:
+        return int(self.models.planner.llm.get_input_embeddings().num_embeddings)
+
+    def check_plan(self, plan: StoryPlan, crossfade: float) -> list[str]:
+        """Limits of every plan, generated or hand-written: events, captions, durations, ids, clip lengths."""
+        if not plan.events:
+            raise PlanError("The plan has no usable event. " + "; ".join(plan.problems))
+        check_plan_events([e.caption for e in plan.events], plan.durations, allow_empty_captions=True)
+        if self.models.planner is not None:
+            check_transcript_ids(plan.transcript_ids, self._vocab_size())
+        return self.check_durations(plan.durations, crossfade)
 
     # ------------------------------------------------------------ stages
     def plan(self, description: str, total_duration: float, max_new_tokens: Optional[int] = None,
@@ -135,22 +144,29 @@ class AudioStoryPipeline:
 
     def tokens(self, plan: Union[StoryPlan, PlanResult], hooks: Optional[Hooks] = None) -> EventTokens:
         self._place("tokens")
-        if isinstance(plan, PlanResult):
-            return event_tokens(self.models.planner, plan.plan, plan, hooks)
-        return event_tokens(self.models.planner, plan, None, hooks)
+        story = plan.plan if isinstance(plan, PlanResult) else plan
+        check_transcript_ids(story.transcript_ids, self._vocab_size())
+        toks = event_tokens(self.models.planner, story, plan if isinstance(plan, PlanResult) else None, hooks)
+        check_finite(toks.fused, "event-token stage (fused conditioning)", TOKENS_CAUSE)
+        return toks
 
     def sample(self, tokens: EventTokens, *, crossfade: float = 3.0, steps: int = 50, guidance: float = 4.0,
                noise: str = "seeded", seed: int = 0, sampler: str = "euler",
-               hooks: Optional[Hooks] = None) -> torch.Tensor:
+               hooks: Optional[Hooks] = None, previous_latents: Optional[torch.Tensor] = None,
+               render_events: Optional[list[int]] = None) -> torch.Tensor:
+        """All events, or (re-roll) only ``render_events`` with the others copied from ``previous_latents``."""
         self._place("sample")
         return sample_latents(self.models.dit, tokens.fused, self.models.null_embedding,
                               clip_seconds(tokens.durations, crossfade), steps=steps, guidance=guidance,
                               noise=noise, seed=seed, sampler=sampler, hooks=hooks,
-                              compile=self.perf.compile_dit, attention_backend=self.perf.attention_backend)
+                              compile=self.perf.compile_dit, attention_backend=self.perf.attention_backend,
+                              previous_latents=previous_latents, render_events=render_events)
 
     def decode(self, latents: torch.Tensor, durations: list[float], *, crossfade: float = 3.0,
                sample_rate: int = REFERENCE_SAMPLE_RATE, curve: str = "linear",
                hooks: Optional[Hooks] = None) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        check_sample_rate(sample_rate, allow_native=True)     # 0/None = the VAE's own rate
+        check_crossfade(crossfade)
         vae = self.models.vae
         sr_vae = int(vae.config.sampling_rate)
         sr = sr_vae if sample_rate in (None, 0) else int(sample_rate)
@@ -167,24 +183,32 @@ class AudioStoryPipeline:
         else:
             clips = decode_clips(vae, latents, secs, hooks)
         clips = [resample(c, sr_vae, sr) for c in clips]
-        return crossfade_concat(clips, sr, crossfade, curve), clips, sr
+        story = crossfade_concat(clips, sr, crossfade, curve)
+        check_finite(story, "decode stage (VAE audio)", AUDIO_CAUSE)
+        return story, clips, sr
 
     def generate(self, description: str = "", total_duration: float = 0.0, *, plan: Optional[StoryPlan] = None,
                  steps: int = 50, guidance: float = 4.0, seed: int = 0, noise: str = "seeded",
                  sampler: str = "euler", sample_rate: int = REFERENCE_SAMPLE_RATE, crossfade: float = 3.0,
                  curve: str = "linear", max_new_tokens: Optional[int] = None, lead: str = "",
                  hooks: Optional[Hooks] = None) -> StoryAudio:
+        """Plan (unless ``plan`` is given), then render. Every argument is checked before any work; a
+        generated plan obeys the same limits as a given one; ``problems`` lists the warnings, including a
+        plan total that differs from ``total_duration`` (or the plan's own) by more than the crossfade."""
         hooks = as_hooks(hooks)
+        check_render_args(steps=steps, guidance=guidance, seed=seed, sample_rate=sample_rate, crossfade=crossfade,
+                          noise=noise, sampler=sampler, curve=curve)
         if plan is None:
+            check_instruction(description)
+            check_total_duration(total_duration)
             result = self.plan(description, total_duration, max_new_tokens, lead, hooks)
             story = result.plan
             source: Union[StoryPlan, PlanResult] = result
         else:
             story = plan
             source = plan
-        if not story.events:
-            raise PlanError("The plan has no usable event. " + "; ".join(story.problems))
-        problems = list(story.problems) + self.check_durations(story.durations, crossfade)
+        problems = list(story.problems) + self.check_plan(story, crossfade)
+        problems += total_mismatch(story.durations, total_duration or story.total_duration, crossfade)
         toks = self.tokens(source, hooks)
         lat = self.sample(toks, crossfade=crossfade, steps=steps, guidance=guidance, noise=noise, seed=seed,
                           sampler=sampler, hooks=hooks)

@@ -16,7 +16,14 @@ token), but the *chosen* token comes from the script:
   script processor (token-by-token blocks), states gathered like the official code, one
   ``sample_latents`` call per event (diffusers Euler scheduler, eager), one VAE call per clip.
 
-Both use the same loaded weights and dtype (fp16 on CUDA, like the official run; fp32 on CPU).
+* library default: ``PerfOptions()`` (what ``AudioStoryPipeline`` does unless told otherwise):
+  the token-by-token loop, all events in one sampling batch, one VAE call per clip;
+* fast low-VRAM (``--low-vram``): the fast path with ``low_vram=True``.
+
+Every column runs in its own process (same weights, same dtype: fp16 on CUDA like the official run,
+fp32 on CPU), so its peak memory is its own: host RSS of that process on CPU (weights included),
+``max_memory_allocated`` on CUDA. Free decoding is timed on the free steps alone (each step that feeds
+one token outside the query blocks). Parity numbers need equal shapes; a shorter output is an error.
 The cold start (weights in the official layout on disk -> pipeline ready) is measured in a fresh
 subprocess, with its peak host RSS. Prints a markdown table; ``--json`` writes all numbers.
 """
@@ -88,30 +95,77 @@ class Clock:
         return time.perf_counter()
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+def rel_err(a: torch.Tensor, b: torch.Tensor, what: str = "tensors") -> float:
+    """||a - b|| / ||b||; different shapes are an error (a path that drops audio must not "match")."""
     a, b = a.detach().float().cpu(), b.detach().float().cpu()
     if a.shape != b.shape:
-        n = min(a.shape[-1], b.shape[-1])
-        a, b = a[..., :n], b[..., :n]
+        raise AssertionError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+class StepTimes:
+    """Wall-clock time of every decode step, to time free decoding on the free steps alone.
+
+    ``mark(token)`` is called when a token is chosen; the interval from choosing token k to choosing
+    token k+1 is one step (feed k, forward, logits, penalty, processors, argmax). Steps that feed one
+    free token count as free decoding; steps feeding a query token or an opening tag (the fast path
+    feeds the whole block after it) and the prefill do not.
+    """
+
+    def __init__(self, clock: "Clock", skip: set):
+        self.clock, self.skip = clock, skip
+        self.marks: list[tuple[float, int]] = []
+
+    def mark(self, token: int) -> None:
+        self.marks.append((self.clock.now(), token))
+
+    def free(self) -> tuple[int, float]:
+        """(number of free steps, their total seconds)."""
+        n, secs = 0, 0.0
+        for (t0, tok), (t1, _) in zip(self.marks, self.marks[1:]):
+            if tok not in self.skip:
+                n, secs = n + 1, secs + (t1 - t0)
+        return n, secs
+
+
+def block_tokens(ids) -> set:
+    return set(ids.semantic_block()) | set(ids.residual_block())
 
 
 class ScriptProcessor:
     """HF logits processor that makes ``generate`` pick the script's token (argmax still computed)."""
 
-    def __init__(self, script: list[int], prompt_len: int):
-        self.script, self.prompt_len = script, prompt_len
+    def __init__(self, script: list[int], prompt_len: int, steps: Optional[StepTimes] = None):
+        self.script, self.prompt_len, self.steps = script, prompt_len, steps
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        torch.argmax(scores, dim=-1)
+        int(torch.argmax(scores[0], dim=-1))
         i = input_ids.shape[1] - self.prompt_len
         out = torch.full_like(scores, -float("inf"))
         out[:, self.script[i]] = 0.0
+        if self.steps is not None:
+            self.steps.mark(self.script[i])
         return out
+
+
+def timed_script(script: list[int], steps: StepTimes):
+    """A :class:`ScriptedTokens` that marks the time of every token it chooses."""
+    from audiostory_core.stages.fast_decode import ScriptedTokens
+
+    class _Timed(ScriptedTokens):
+        def __call__(self, scores, generated):
+            tok = super().__call__(scores, generated)
+            steps.mark(tok)
+            return tok
+
+        def choose_block(self, scores, generated):
+            out = super().choose_block(scores, generated)
+            for tok in out:
+                if tok >= 0:
+                    steps.mark(tok)
+            return out
+
+    return _Timed(script)
 
 
 class OfficialBlockProcessor:
@@ -144,13 +198,14 @@ def run_reference(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Cl
     m = pipe.models
     pl = m.planner
     t = {}
+    steps_t = StepTimes(clock, block_tokens(pl.ids))
     t0 = clock.now()
     instruction = build_instruction(DESCRIPTION, spec.total_seconds)
     prompt = prompt_ids_for(pl.tokenizer, instruction)
     ids = torch.tensor([prompt], device=pl.device)
     lp = LogitsProcessorList([OfficialBlockProcessor(pl.ids.semantic_block()),
                               OfficialBlockProcessor(pl.ids.residual_block()),
-                              ScriptProcessor(script, len(prompt))])
+                              ScriptProcessor(script, len(prompt), steps_t)])
     gc = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=pl.generation.max_new_tokens,
                           repetition_penalty=pl.generation.repetition_penalty,
                           eos_token_id=list(pl.generation.eos_token_ids),
@@ -185,7 +240,8 @@ def run_reference(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Cl
     t5 = clock.now()
     t["stitch"] = t5 - t4
     t["total"] = t5 - t0
-    return {"times": t, "ids": gen, "semantic": sem, "latents": lat, "audio": audio, "plan": plan}
+    return {"times": t, "ids": gen, "semantic": sem, "latents": lat, "audio": audio, "plan": plan,
+            "free_steps": steps_t.free(), "stats": {}}
 
 
 def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
@@ -198,9 +254,10 @@ def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) 
 
     m, perf = pipe.models, pipe.perf
     t, stats = {}, {}
+    steps_t = StepTimes(clock, block_tokens(m.planner.ids))
     t0 = clock.now()
     pipe._place("plan")
-    res = generate_plan(m.planner, DESCRIPTION, spec.total_seconds, token_source=ScriptedTokens(script),
+    res = generate_plan(m.planner, DESCRIPTION, spec.total_seconds, token_source=timed_script(script, steps_t),
                         stats=stats, **perf.plan_kwargs)
     t1 = clock.now()
     t["plan decode"] = t1 - t0
@@ -225,20 +282,53 @@ def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) 
     t["stitch"] = t5 - t4
     t["total"] = t5 - t0
     return {"times": t, "ids": res.plan.transcript_ids, "semantic": toks.semantic, "latents": lat,
-            "audio": audio, "plan": res.plan, "stats": stats}
+            "audio": audio, "plan": res.plan, "stats": stats, "free_steps": steps_t.free()}
 
 
-def _timed(fn, repeats: int, device: torch.device) -> tuple[dict, dict]:
-    """Run ``fn`` ``repeats`` times after the caller's warm-up; median times and peak memory."""
-    runs = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(repeats):
-        runs.append(fn())
+def run_default(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
+    """The library's defaults (``PerfOptions()``): token-by-token decode, all events in one sampling
+    batch, one VAE call per clip. Only the token choice comes from the script."""
+    from audiostory_core.stages.audio import crossfade_concat, decode_clips, resample
+    from audiostory_core.stages.event_tokens import clip_seconds, event_tokens
+    from audiostory_core.stages.plan import generate_plan
+    from audiostory_core.stages.sampling import sample_latents
+
+    m = pipe.models
+    t, stats = {}, {}
+    steps_t = StepTimes(clock, block_tokens(m.planner.ids))
+    t0 = clock.now()
+    res = generate_plan(m.planner, DESCRIPTION, spec.total_seconds, token_source=timed_script(script, steps_t),
+                        stats=stats)
+    t1 = clock.now()
+    t["plan decode"] = t1 - t0
+    toks = event_tokens(m.planner, res.plan, res)
+    t2 = clock.now()
+    t["tokens"] = t2 - t1
+    secs = clip_seconds(res.plan.durations, 3.0)
+    lat = sample_latents(m.dit, toks.fused, m.null_embedding, secs, steps=steps, guidance=4.0, noise="reference")
+    t3 = clock.now()
+    t["sampling (all events)"] = t3 - t2
+    clips = decode_clips(m.vae, lat, secs)
+    t4 = clock.now()
+    t["VAE decode"] = t4 - t3
+    sr_vae = int(m.vae.config.sampling_rate)
+    audio = crossfade_concat([resample(c, sr_vae, 32000) for c in clips], 32000, 3.0)
+    t5 = clock.now()
+    t["stitch"] = t5 - t4
+    t["total"] = t5 - t0
+    return {"times": t, "ids": res.plan.transcript_ids, "semantic": toks.semantic, "latents": lat,
+            "audio": audio, "plan": res.plan, "stats": stats, "free_steps": steps_t.free()}
+
+
+def _timed(fn, repeats: int, device: torch.device) -> dict:
+    """Run ``fn`` ``repeats`` times after the caller's warm-up; median times."""
+    runs = [fn() for _ in range(repeats)]
     res = runs[-1]
     res["times"] = {k: statistics.median(r["times"][k] for r in runs) for k in STAGES}
-    mem = {"peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30} if device.type == "cuda" else {}
-    return res, mem
+    free = [r["free_steps"] for r in runs]
+    res["free_tps"] = statistics.median(n / secs for n, secs in free if secs > 0)
+    res["free_steps_counted"] = free[-1][0]
+    return res
 
 
 def cold_start(root: Path, device: str, dtype: str) -> dict:
@@ -265,32 +355,101 @@ print(json.dumps({{"seconds": dt, "peak_rss_gb": resource.getrusage(resource.RUS
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------------ columns, one process each
+COLUMNS = {
+    "official": "official way (HF generate, one sampling call per event, one VAE call per clip)",
+    "default": "library default (PerfOptions(): token-by-token loop, events batched, one VAE call per clip)",
+    "fast": "fast (PerfOptions.fast())",
+    "low_vram": "fast low-VRAM",
+}
+RUNNERS = {"official": run_reference, "default": run_default, "fast": run_fast, "low_vram": run_fast}
+SAVED = ("semantic", "latents", "audio")
+
+
+def run_column(column: str, root: Path, out: Path, device: str, dtype_name: str, steps: int, repeats: int,
+               no_compile: bool) -> None:
+    """Child process: load, warm up, time one column, write its numbers and outputs to ``out``.
+
+    One process per column, so its peak memory (host RSS, or VRAM on CUDA) belongs to it alone.
+    """
+    from safetensors.torch import save_file
+
+    from audiostory_core.models.config import locate
+    from audiostory_core.models.loading import load_models
+    from audiostory_core.perf import PerfOptions
+    from audiostory_core.pipeline import AudioStoryPipeline, resolve_device, resolve_dtype
+
+    warnings.filterwarnings("ignore")
+    dev = resolve_device(device)
+    dtype = resolve_dtype(dtype_name, dev)
+    clock = Clock(dev)
+    spec = SIZES[root.name.split("random-", 1)[1]]
+    models = load_models(locate(root), dtype, dev)
+    fast_perf = PerfOptions.fast(compile_decode=not no_compile, compile_dit=False if no_compile else True)
+    if column == "fast":
+        pipe = AudioStoryPipeline(models, perf=fast_perf)
+    elif column == "low_vram":
+        if dev.type == "cuda":
+            for mod in (models.planner.llm, models.dit, models.vae):
+                mod.to("cpu")
+            torch.cuda.empty_cache()
+        pipe = AudioStoryPipeline(models, perf=fast_perf, low_vram=True, device=dev)
+    else:
+        pipe = AudioStoryPipeline(models)
+    script, info = story_script(models.planner.tokenizer, models.planner.ids, spec)
+    fn = RUNNERS[column]
+    fn(pipe, script, spec, steps, clock)                 # warm-up (compilation, allocator, kernels)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    res = _timed(lambda: fn(pipe, script, spec, steps, clock), repeats, dev)
+    mem = (torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda"
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: res[k].detach().float().cpu().contiguous() for k in SAVED}
+              | {"ids": torch.tensor(res["ids"], dtype=torch.int64)}, str(out / f"{column}.safetensors"))
+    (out / f"{column}.json").write_text(json.dumps({
+        "times": res["times"], "free_tps": res["free_tps"], "free_steps": res["free_steps_counted"],
+        "stats": res["stats"], "mem_gb": mem, "plan_text": res["plan"].text(), "events": len(res["plan"].events),
+        "story": info}))
+
+
+def _column_subprocess(column: str, root: Path, out: Path, args) -> dict:
+    from safetensors.torch import load_file
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--column", column, "--root", str(root),
+           "--column-out", str(out), "--device", args.device, "--dtype", args.dtype, "--steps", str(args.steps),
+           "--repeats", str(args.repeats)] + (["--no-compile"] if args.no_compile else [])
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"benchmark column {column!r} failed:\n" + r.stderr[-4000:])
+    res = json.loads((out / f"{column}.json").read_text())
+    res.update(load_file(str(out / f"{column}.safetensors")))
+    res["ids"] = res["ids"].tolist()
+    return res
+
+
 # ------------------------------------------------------------------ table
-def fmt_table(ref: dict, fast: dict, extra: dict, low: Optional[dict] = None) -> str:
-    cols = ["stage", "reference (s)", "fast (s)", "ratio ref/fast"] + (["fast low-VRAM (s)"] if low else [])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+def fmt_table(cols: dict, cuda: bool, cold: dict) -> str:
+    """Markdown table, one column per run; ratio = official way / fast."""
+    names = [c for c in COLUMNS if c in cols]
+    head = ["stage"] + [f"{COLUMNS[c].split(' (')[0]} (s)" for c in names] + ["ratio official/fast"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.1f}x" if b > 0 else "-"
+
     for k in STAGES:
-        r, f = ref["times"][k], fast["times"][k]
-        row = [k, f"{r:.3f}", f"{f:.3f}", f"{r / f:.1f}x" if f > 0 else "-"]
-        if low:
-            row.append(f"{low['times'][k]:.3f}")
+        row = [k] + [f"{cols[c]['times'][k]:.3f}" for c in names]
+        row.append(ratio(cols["official"]["times"][k], cols["fast"]["times"][k]))
         lines.append("| " + " | ".join(row) + " |")
-    for name, key in (("free decoding (tokens/s)", "free_tps"),):
-        row = [name, f"{extra['ref_' + key]:.0f}", f"{extra['fast_' + key]:.0f}",
-               f"{extra['fast_' + key] / extra['ref_' + key]:.1f}x"]
-        if low:
-            row.append(f"{extra.get('low_' + key, 0):.0f}")
-        lines.append("| " + " | ".join(row) + " |")
-    mem_name = "peak VRAM (GB)" if extra["cuda"] else "peak RSS of the process (GB)"
-    row = [mem_name, f"{extra['ref_mem']:.2f}", f"{extra['fast_mem']:.2f}", "-"]
-    if low:
-        row.append(f"{extra['low_mem']:.2f}")
+    row = ["free decoding (tokens/s, free steps only)"] + [f"{cols[c]['free_tps']:.0f}" for c in names]
+    row.append(ratio(cols["fast"]["free_tps"], cols["official"]["free_tps"]) + " (fast/official)")
     lines.append("| " + " | ".join(row) + " |")
-    cs = extra["cold_start"]
-    row = ["cold start, disk -> ready (s)", f"{cs['seconds']:.2f}", f"{cs['seconds']:.2f}", "same loader"]
-    if low:
-        row.append("-")
-    lines.append("| " + " | ".join(row) + " |")
+    mem = "peak VRAM of the column (GB)" if cuda else "peak RSS of the column's own process (GB)"
+    lines.append("| " + " | ".join([mem] + [f"{cols[c]['mem_gb']:.2f}" for c in names] + ["-"]) + " |")
+    lines.append("| " + " | ".join(["cold start, disk -> ready (s)"] + [f"{cold['seconds']:.2f}"] * len(names)
+                                   + ["same loader"]) + " |")
     return "\n".join(lines)
 
 
@@ -305,21 +464,24 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--workdir", default=None, help="where the random checkpoint is written (default: temp dir)")
     ap.add_argument("--no-compile", action="store_true", help="fast path without torch.compile / CUDA graphs")
     ap.add_argument("--low-vram", action="store_true", help="also time the fast path in low-VRAM mode")
-    ap.add_argument("--skip-reference", action="store_true", help="(debug) time the fast path only")
     ap.add_argument("--json", default=None, help="write every number to this file")
+    ap.add_argument("--column", choices=sorted(COLUMNS), help=argparse.SUPPRESS)   # child process mode
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    ap.add_argument("--column-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.column:
+        run_column(args.column, Path(args.root), Path(args.column_out), args.device, args.dtype, args.steps,
+                   args.repeats, args.no_compile)
+        return {}
 
-    from audiostory_core.models.loading import load_models
-    from audiostory_core.models.config import locate
-    from audiostory_core.perf import PerfOptions
-    from audiostory_core.pipeline import AudioStoryPipeline, resolve_device, resolve_dtype
+    from audiostory_core.pipeline import resolve_device, resolve_dtype
 
     spec = SIZES[args.size]
     dev = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, dev)
     dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
-    clock = Clock(dev)
+    args.device, args.dtype = str(dev), dtype_name
     tmp = None
     if args.workdir:
         work = Path(args.workdir)
@@ -334,68 +496,50 @@ def main(argv: Optional[list[str]] = None) -> dict:
             write_random_checkpoint(root, spec)
         write_s = time.perf_counter() - t
         cs = cold_start(root, str(dev), dtype_name)
-        models = load_models(locate(root), dtype, dev)
-        fast_perf = PerfOptions.fast(compile_decode=not args.no_compile,
-                                     compile_dit=False if args.no_compile else True)
-        ref_pipe = AudioStoryPipeline(models)
-        fast_pipe = AudioStoryPipeline(models, perf=fast_perf)
-        pl = models.planner
-        script, info = story_script(pl.tokenizer, pl.ids, spec)
-
-        # warm-up (compilation, allocator, kernels), then the timed runs
-        run_fast(fast_pipe, script, spec, args.steps, clock)
-        fast, fast_mem = _timed(lambda: run_fast(fast_pipe, script, spec, args.steps, clock), args.repeats, dev)
-        if not args.skip_reference:
-            run_reference(ref_pipe, script, spec, args.steps, clock)
-            ref, ref_mem = _timed(lambda: run_reference(ref_pipe, script, spec, args.steps, clock), args.repeats, dev)
-        else:
-            ref, ref_mem = fast, fast_mem
-        low = low_mem = None
-        if args.low_vram:
-            low_pipe = AudioStoryPipeline(models, perf=fast_perf, low_vram=True, device=dev)
-            if dev.type == "cuda":
-                for mod in (models.planner.llm, models.dit, models.vae):
-                    mod.to("cpu")
-                torch.cuda.empty_cache()
-            run_fast(low_pipe, script, spec, args.steps, clock)
-            low, low_mem = _timed(lambda: run_fast(low_pipe, script, spec, args.steps, clock), args.repeats, dev)
+        out = work / "columns"
+        names = ["official", "default", "fast"] + (["low_vram"] if args.low_vram else [])
+        cols = {c: _column_subprocess(c, root, out, args) for c in names}
+        ref, fast = cols["official"], cols["fast"]
         cuda = dev.type == "cuda"
-        free_fast = info["free"] / fast["times"]["plan decode"]
-        extra = {"cuda": cuda, "cold_start": cs,
-                 "ref_free_tps": info["free"] / ref["times"]["plan decode"], "fast_free_tps": free_fast,
-                 "ref_mem": ref_mem.get("peak_vram_gb", peak_rss_mb() / 1024),
-                 "fast_mem": fast_mem.get("peak_vram_gb", peak_rss_mb() / 1024)}
-        if low:
-            extra["low_free_tps"] = info["free"] / low["times"]["plan decode"]
-            extra["low_mem"] = low_mem.get("peak_vram_gb", peak_rss_mb() / 1024)
-        table = fmt_table(ref, fast, extra, low)
+        table = fmt_table(cols, cuda, cs)
         parity = {
-            "plan_ids_equal": fast["ids"] == ref["ids"],
-            "plan_text_equal": fast["plan"].text() == ref["plan"].text(),
-            "events": len(fast["plan"].events),
-            "semantic_rel_err": rel_err(fast["semantic"], ref["semantic"]),
-            "latents_rel_err": rel_err(fast["latents"], ref["latents"]),
-            "audio_rel_err": rel_err(fast["audio"], ref["audio"]),
+            "plan_ids_equal": fast["ids"] == ref["ids"] == cols["default"]["ids"],
+            "plan_text_equal": fast["plan_text"] == ref["plan_text"] == cols["default"]["plan_text"],
+            "events": fast["events"],
+            "semantic_rel_err": rel_err(fast["semantic"], ref["semantic"], "semantic tokens"),
+            "latents_rel_err": rel_err(fast["latents"], ref["latents"], "latents"),
+            "audio_rel_err": rel_err(fast["audio"], ref["audio"], "audio"),
+            "default_latents_rel_err": rel_err(cols["default"]["latents"], ref["latents"], "latents"),
+            "default_audio_rel_err": rel_err(cols["default"]["audio"], ref["audio"], "audio"),
         }
-        if low:
-            parity["low_vram_audio_rel_err_vs_fast"] = rel_err(low["audio"], fast["audio"])
+        if args.low_vram:
+            parity["low_vram_latents_rel_err_vs_fast"] = rel_err(cols["low_vram"]["latents"], fast["latents"],
+                                                                 "latents")
+            parity["low_vram_audio_rel_err_vs_fast"] = rel_err(cols["low_vram"]["audio"], fast["audio"], "audio")
         name = torch.cuda.get_device_name(dev) if cuda else f"CPU ({os.cpu_count()} cores)"
+        info = fast["story"]
         header = (f"AudioStory benchmark, size={spec.name}, device={name}, dtype={dtype_name}, steps={args.steps}, "
                   f"torch {torch.__version__}\nstory: {spec.events} events, {spec.total_seconds:g} s, "
-                  f"{info['tokens']} generated tokens ({info['free']} free, {info['forced']} forced); "
-                  f"fast decode forwards: {fast['stats'].get('forwards')}, block fallbacks: "
-                  f"{fast['stats'].get('fallbacks')}; random checkpoint written in {write_s:.1f} s"
-                  + ("" if not args.skip_reference else "\n(reference skipped: columns repeat the fast path)"))
+                  f"{info['tokens']} generated tokens ({info['free']} free, {info['forced']} forced; "
+                  f"{fast['free_steps']} free decode steps timed); fast decode forwards: "
+                  f"{fast['stats'].get('forwards')}, block fallbacks: {fast['stats'].get('fallbacks')}; "
+                  f"random checkpoint written in {write_s:.1f} s; each column in its own process\n"
+                  + "\n".join(f"  {COLUMNS[c]}" for c in names))
         cs_line = (f"cold start: {cs['seconds']:.2f} s, peak host RSS {cs['peak_rss_gb']:.2f} GB"
                    + (f", peak VRAM {cs['peak_vram_gb']:.2f} GB" if cs.get("peak_vram_gb") is not None else ""))
-        par_line = ("parity fast vs reference: plan ids equal {plan_ids_equal}, plan text equal {plan_text_equal}, "
-                    "rel. error semantic tokens {semantic_rel_err:.2e}, latents {latents_rel_err:.2e}, "
-                    "audio {audio_rel_err:.2e}").format(**parity)
+        par_line = ("parity vs the official way: plan ids equal {plan_ids_equal}, plan text equal {plan_text_equal}; "
+                    "fast: rel. error semantic tokens {semantic_rel_err:.2e}, latents {latents_rel_err:.2e}, "
+                    "audio {audio_rel_err:.2e}; library default: latents {default_latents_rel_err:.2e}, "
+                    "audio {default_audio_rel_err:.2e}").format(**parity)
+        if args.low_vram:
+            par_line += ("\nlow-VRAM vs fast: latents {low_vram_latents_rel_err_vs_fast:.2e}, "
+                         "audio {low_vram_audio_rel_err_vs_fast:.2e}").format(**parity)
         report = "\n".join([header, "", table, "", cs_line, par_line])
         print(report, flush=True)
         result = {"size": spec.name, "device": name, "dtype": dtype_name, "steps": args.steps,
-                  "reference": ref["times"], "fast": fast["times"], "low_vram": low["times"] if low else None,
-                  "extra": extra, "parity": parity, "story": info, "fast_stats": fast["stats"],
+                  "columns": {c: {k: v for k, v in cols[c].items() if k in ("times", "free_tps", "free_steps",
+                                                                           "mem_gb", "stats")} for c in names},
+                  "cold_start": cs, "parity": parity, "story": info, "fast_stats": fast["stats"],
                   "table": table, "report": report}
         if args.json:
             Path(args.json).write_text(json.dumps({k: v for k, v in result.items() if k != "report"}, indent=2))

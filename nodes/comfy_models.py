@@ -1,12 +1,17 @@
 """The AudioStory modules as ComfyUI models: the DiT as a flow ``BaseModel`` under ``ModelPatcher``
 (so KSampler / SamplerCustomAdvanced run it), the Oobleck VAE as a ``comfy.sd.VAE`` (so
-VAEDecodeAudio / VAEEncodeAudio work) and the LLM planner under ``ModelPatcher`` (so the memory
-manager can evict it and "Unload models" frees it). Devices and dtypes come from
-``comfy.model_management`` only.
+VAEDecodeAudio / VAEEncodeAudio work), the LLM planner, the dubbing VLM and the continuation Whisper
+under ``ModelPatcher`` (so the memory manager loads them with an estimate, evicts them under pressure
+and "Unload models" frees them). Devices and dtypes come from ``comfy.model_management`` only.
+
+Every AudioStory patcher is a :class:`FullLoadPatcher`: the modules are plain diffusers/transformers
+layers, not ``comfy.ops``, and ComfyUI's partial (lowvram) loading only streams ``comfy.ops`` layers;
+any other layer left on the CPU would break the forward pass. So they load whole or not at all.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable, Hashable, Optional
 
 import torch
 
@@ -18,9 +23,48 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models_base
 
-from .logic import bits_to_seconds
+from ..audiostory_core.errors import InputError
+
+from .logic import bits_to_seconds, dit_working_memory, hf_working_memory
 
 log = logging.getLogger("AudioStory")
+
+
+# ---------------------------------------------------------------- loading whole
+class FullLoadPatcher(comfy.model_patcher.ModelPatcher):
+    """A ModelPatcher that never loads or unloads part of its model.
+
+    ``partially_load`` always asks for the whole model (``full_load``), and ``partially_unload`` frees
+    nothing, so ``LoadedModel.model_unload`` detaches the whole model instead. Clones (``ModelSamplingSD3``
+    and the like) keep the class, so core samplers load the DiT whole too.
+    """
+
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+        return super().partially_load(device_to, max(extra_memory, self.model_size() + 1),
+                                      force_patch_weights=force_patch_weights)
+
+    def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
+        return 0
+
+
+def load(patchers: list, working_memory: int = 0) -> None:
+    """Load models through ComfyUI's memory manager: their weights plus ``working_memory`` bytes are made
+    free (other models are evicted as needed), then each loads whole."""
+    mm.load_models_gpu(list(patchers), memory_required=int(working_memory), force_full_load=True)
+
+
+def unload_patcher(patcher) -> bool:
+    """Move one model back to its offload device now, through the public ``free_memory``: every other
+    loaded model is kept, so only this one is unloaded (what the memory manager does under pressure)."""
+    loaded = mm.loaded_models()
+    if not any(p is patcher for p in loaded):
+        return False
+    keep = [mm.LoadedModel(p) for p in loaded if p is not patcher]
+    return bool(mm.free_memory(1e30, patcher.load_device, keep_loaded=keep))
+
+
+def is_loaded(patcher) -> bool:
+    return any(p is patcher for p in mm.loaded_models())
 
 
 # ---------------------------------------------------------------- DiT as a comfy MODEL
@@ -82,6 +126,14 @@ class AudioStoryDiTModel(comfy.model_base.BaseModel):
         self.diffusion_model = DiTAdapter(dit)
         self.audio_seq_len = int(dit.config.audio_seq_len)
 
+    def memory_required(self, input_shape, cond_shapes={}):
+        """Working memory of one DiT call on ``input_shape`` [B, 64, T] (the batch includes CFG's
+        negative half when ComfyUI asks for it), instead of the image-model formula of ``BaseModel``."""
+        cfg = self.diffusion_model.dit.config
+        width = int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
+        return dit_working_memory(batch=int(input_shape[0]), frames=int(input_shape[-1]), context=128,
+                                  width=width, dtype=self.get_dtype())
+
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)
         secs = kwargs.get("audiostory_seconds", None)
@@ -94,8 +146,7 @@ def dit_model_patcher(dit, dtype: torch.dtype):
     cfg = AudioStoryModelConfig({"disable_unet_model_creation": True})
     cfg.set_inference_dtype(dtype, None)
     model = AudioStoryDiTModel(cfg, dit, device=mm.unet_offload_device())
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return FullLoadPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
 def dit_of(model_patcher):
@@ -162,8 +213,7 @@ class AudioStoryVAE(comfy.sd.VAE):
         self.vae_dtype = dtype
         self.first_stage_model.to(self.vae_dtype)
         self.output_device = mm.intermediate_device()
-        self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device,
-                                                        offload_device=offload_device)
+        self.patcher = FullLoadPatcher(self.first_stage_model, load_device=self.device, offload_device=offload_device)
         log.info("AudioStory VAE load device: %s, offload device: %s, dtype: %s", self.device, offload_device,
                  self.vae_dtype)
         self.model_size()
@@ -190,18 +240,74 @@ class AudioStoryBridgeHeads(torch.nn.Module):
 
 def planner_patchers(planner):
     dev, off = mm.text_encoder_device(), mm.text_encoder_offload_device()
-    llm = comfy.model_patcher.ModelPatcher(AudioStoryLLM(planner.llm), load_device=dev, offload_device=off)
-    heads = comfy.model_patcher.ModelPatcher(AudioStoryBridgeHeads(planner.heads), load_device=dev,
-                                             offload_device=off)
+    llm = FullLoadPatcher(AudioStoryLLM(planner.llm), load_device=dev, offload_device=off)
+    heads = FullLoadPatcher(AudioStoryBridgeHeads(planner.heads), load_device=dev, offload_device=off)
     return llm, heads
 
 
-def unload_patcher(patcher) -> bool:
-    """Move one model back to its offload device now (what the memory manager does under pressure)."""
-    for i, lm in enumerate(list(mm.current_loaded_models)):
-        if lm.model is patcher:
-            if lm.model_unload():
-                mm.current_loaded_models.pop(i)
-                mm.soft_empty_cache()
-                return True
-    return False
+def llm_working_memory(llm, tokens: int) -> int:
+    """KV cache and activations of the planner LLM over ``tokens`` (prompt + generated)."""
+    return hf_working_memory(llm.config, tokens, next(llm.parameters()).dtype)
+
+
+# ---------------------------------------------------------------- VLM and Whisper, cached between runs
+class AudioStoryAuxModel(torch.nn.Module):
+    """Container so a helper model (dubbing VLM, continuation Whisper) is one ModelPatcher-managed module."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+
+_AUX: dict[str, tuple[Hashable, Any, Any]] = {}
+
+
+def cached_aux_model(kind: str, key: Hashable, build: Callable[[torch.device], Any],
+                     module_of: Callable[[Any], torch.nn.Module]) -> tuple[Any, Any]:
+    """``(object, patcher)`` for a helper model, built once per ``key`` and kept between runs.
+
+    ``build(device)`` loads it on the offload device; the patcher moves it to the load device when a
+    node calls :func:`load`, and the memory manager (or "Unload models") moves it back. One model per
+    ``kind`` is kept: asking for another key drops the previous one.
+    """
+    hit = _AUX.get(kind)
+    if hit is not None and hit[0] == key:
+        return hit[1], hit[2]
+    _AUX.pop(kind, None)
+    off = mm.text_encoder_offload_device()
+    log.info("AudioStory: loading the %s %s from disk", kind, key[0] if isinstance(key, tuple) else key)
+    obj = build(off)
+    patcher = FullLoadPatcher(AudioStoryAuxModel(module_of(obj)), load_device=mm.text_encoder_device(),
+                              offload_device=off)
+    _AUX[kind] = (key, obj, patcher)
+    return obj, patcher
+
+
+def aux_working_memory(module: torch.nn.Module, tokens: int, kv_cache: bool = True) -> int:
+    return hf_working_memory(module.config, tokens, next(module.parameters()).dtype, kv_cache=kv_cache)
+
+
+class CoreWhisperEncoder:
+    """Core's Whisper audio encoder (``AudioEncoderLoader`` -> AUDIO_ENCODER) in the shape the continuation
+    path uses: ``width`` and ``__call__(mono16k [S]) -> [1, 1500, width]`` final (layer-normed) encoder states.
+
+    Core's whisper3 model is Whisper-large-v3's encoder: the same 30 s window (padded), 128 log-mel bins
+    and 1500 output frames as the ``transformers`` encoder AudioStory's ``whisper_resampler_llava`` was
+    trained on (its log-mel is computed with torchaudio, so features match to float rounding, not bits).
+    wav2vec2 encoders produce other features and are refused.
+    """
+
+    def __init__(self, audio_encoder):
+        model = getattr(audio_encoder, "model", None)
+        enc = getattr(model, "encoder", None)
+        if enc is None or not hasattr(model, "feature_extractor") or not hasattr(enc, "layer_norm"):
+            raise InputError(
+                f"The audio encoder is a {type(model).__name__}, not Whisper: AudioStory's audio understanding "
+                "was trained on Whisper-large-v3 encoder states. Load whisper_large_v3 with AudioEncoderLoader, "
+                "or leave audio_encoder unconnected to use the Whisper folder named in 'whisper'.")
+        self.audio_encoder = audio_encoder
+        self.width = int(enc.layer_norm.normalized_shape[0])
+
+    def __call__(self, mono16k: torch.Tensor) -> torch.Tensor:
+        out = self.audio_encoder.encode_audio(mono16k.reshape(1, 1, -1).float(), 16000)
+        return out["encoded_audio"].float()

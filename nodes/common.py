@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Optional
 
 import torch
 
@@ -17,7 +18,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..audiostory_core.progress import Hooks
-from .logic import StageProgress, list_model_roots
+from .logic import StageProgress, list_model_roots, pick_dtype
 
 MODEL_FOLDER = "audiostory"
 folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
@@ -69,18 +70,35 @@ def send_text(node_id):
     return send
 
 
-def llm_dtype(device) -> torch.dtype:
-    """The planner LLM is a plain transformers model (no manual cast), so 'auto' asks ComfyUI whether the
-    device computes fp16/bf16 well (fp32 on CPU); --fp16/bf16/fp32-text-enc flags are honoured."""
+UNET_FLAGS = ("fp32_unet", "fp64_unet", "bf16_unet", "fp16_unet", "fp8_e4m3fn_unet", "fp8_e5m2_unet",
+              "fp8_e8m0fnu_unet")
+TEXT_ENC_FLAGS = ("fp8_e4m3fn_text_enc", "fp8_e5m2_text_enc", "fp16_text_enc", "fp32_text_enc", "bf16_text_enc")
+
+
+def _flag(names) -> Optional[str]:
     from comfy.cli_args import args
 
-    if args.fp16_text_enc or args.bf16_text_enc or args.fp32_text_enc:
-        return mm.text_encoder_dtype(device)
-    if mm.should_use_fp16(device):
-        return torch.float16
-    if mm.should_use_bf16(device):
-        return torch.bfloat16
-    return torch.float32
+    return next((f"--{n.replace('_', '-')}" for n in names if getattr(args, n, False)), None)
+
+
+def dit_dtype(forced: Optional[torch.dtype]) -> torch.dtype:
+    """The DiT's dtype: the loader's choice, else a --*-unet flag, else bf16 > fp16 > fp32 as the device allows."""
+    dev = mm.get_torch_device()
+    flag = _flag(UNET_FLAGS)
+    return pick_dtype(forced, mm.unet_dtype(dev) if flag else None, mm.should_use_bf16(dev),
+                      mm.should_use_fp16(dev), "DiT", flag or "")
+
+
+def llm_dtype(forced: Optional[torch.dtype]) -> torch.dtype:
+    """The planner LLM's dtype: the loader's choice, else a --*-text-enc flag, else bf16 > fp16 > fp32."""
+    dev = mm.text_encoder_device()
+    flag = _flag(TEXT_ENC_FLAGS)
+    return pick_dtype(forced, mm.text_encoder_dtype(dev) if flag else None, mm.should_use_bf16(dev),
+                      mm.should_use_fp16(dev), "planner LLM", flag or "")
+
+
+def vae_dtype(forced: Optional[torch.dtype]) -> torch.dtype:
+    return forced or mm.vae_dtype(mm.vae_device(), [torch.float16, torch.bfloat16, torch.float32])
 
 
 def model_folders() -> list[str]:

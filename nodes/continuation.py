@@ -6,25 +6,18 @@ instruction/total_duration only pre-build a prompt context for consumers that re
 """
 from __future__ import annotations
 
-import folder_paths
 from comfy_api.latest import io, ui
 
 from ..audiostory_core.models.config import find_audiostory_dir
 from ..audiostory_core.tasks.continuation import (DEFAULT_WHISPER, LONG_INPUT, MODES, ResamplerSpec, WhisperFeatures,
                                             resampler_status)
 from ..audiostory_core.errors import InputError, ModelFilesError
-from .common import AudioContext, Planner
+from . import comfy_models as cm
+from .common import AudioContext, Planner, model_folders
 from .logic import CROSSFADE_CURVES, audio_dict, audio_from_dict, resolve_model_root
 from .media_logic import checkpoint_tensors, join_continuation, make_audio_context
 
 CATEGORY = "audio/AudioStory/continuation"
-
-
-def _model_dirs() -> list[str]:
-    try:
-        return list(folder_paths.get_folder_paths("audiostory"))
-    except Exception:
-        return []
 
 
 class AudioStoryAudioContext(io.ComfyNode):
@@ -54,6 +47,9 @@ class AudioStoryAudioContext(io.ComfyNode):
                                tooltip="Input longer than 30 s: refuse, or understand its last 30 s."),
                 io.String.Input("placeholder", default="<aud>,<aud_{:05d}>,</aud>",
                                 tooltip="open,slot,close tokens of the audio placeholders."),
+                io.AudioEncoder.Input("audio_encoder", optional=True,
+                                      tooltip="Optional: core's Whisper-large-v3 encoder (AudioEncoderLoader) instead "
+                                              "of the 'whisper' folder; wav2vec2 encoders do not fit and are refused."),
             ],
             outputs=[AudioContext.Output("audio_context", display_name="audio_context")],
             hidden=[io.Hidden.unique_id],
@@ -61,28 +57,42 @@ class AudioStoryAudioContext(io.ComfyNode):
 
     @classmethod
     def execute(cls, planner, audio, instruction, total_duration, understanding, whisper, audio_description,
-                long_input, placeholder) -> io.NodeOutput:
-        import comfy.model_management as mm
-
+                long_input, placeholder, audio_encoder=None) -> io.NodeOutput:
         wave, sr = audio_from_dict(audio, "audio")
         pl = planner.planner
-        root = resolve_model_root(_model_dirs(), planner.root_name)
-        tensors = checkpoint_tensors(find_audiostory_dir(root) / "pytorch_model.bin")
-        w = None
-        status, why = resampler_status(ResamplerSpec.from_config(pl.config.raw), tensors)
-        if understanding != "text" and status == "trained":
-            try:
-                w = WhisperFeatures.from_pretrained(whisper, _model_dirs(), device=mm.get_torch_device())
-            except ModelFilesError:
-                if understanding == "whisper" or not audio_description.strip():
-                    raise
-        if planner.llm_patcher is not None:
-            mm.load_models_gpu([planner.llm_patcher])
+        tensors = checkpoint_tensors(find_audiostory_dir(resolve_model_root(model_folders(), planner.root_name))
+                                     / "pytorch_model.bin")
+        status, _ = resampler_status(ResamplerSpec.from_config(pl.config.raw), tensors)
+        w = whisper_encoder(understanding, status, whisper, audio_description, audio_encoder)
+        cm.load([planner.llm_patcher, planner.heads_patcher])
         ctx = make_audio_context(pl, wave, sr, tensors=tensors, whisper=w, description=audio_description,
                                  mode=understanding, long_input=long_input, placeholder=placeholder,
                                  instruction=instruction, total_duration=float(total_duration))
         msg = f"understanding: {ctx.mode}" + "".join(f"\nnote: {n}" for n in ctx.notes)
         return io.NodeOutput(ctx, ui=ui.PreviewText(msg))
+
+
+def whisper_encoder(understanding: str, status: str, whisper: str, audio_description: str, audio_encoder=None):
+    """The Whisper encoder for this run, or None when the text fallback is used.
+
+    Core's AUDIO_ENCODER when one is connected (managed by core), else the ``whisper`` folder, built once
+    and kept between runs under a ModelPatcher and loaded by the memory manager (one 30 s window: 1500
+    frames). A missing folder is an error only when Whisper is required (no text to fall back on)."""
+    if understanding == "text" or status != "trained":
+        return None
+    if audio_encoder is not None:
+        return cm.CoreWhisperEncoder(audio_encoder)
+    dirs = model_folders()
+    try:
+        w, patcher = cm.cached_aux_model("Whisper", (whisper, tuple(dirs)),
+                                         lambda dev: WhisperFeatures.from_pretrained(whisper, dirs, device=dev),
+                                         lambda wf: wf.encoder)
+    except ModelFilesError:
+        if understanding == "whisper" or not audio_description.strip():
+            raise
+        return None
+    cm.load([patcher], cm.aux_working_memory(w.encoder, 1500, kv_cache=False))
+    return w
 
 
 class AudioStoryContinuationJoin(io.ComfyNode):

@@ -1,7 +1,7 @@
 """Model loader node: an AudioStory model root -> planner, DiT as a ComfyUI MODEL, Oobleck as a VAE."""
 from __future__ import annotations
 
-import torch
+import logging
 
 import comfy.model_management as mm
 from comfy_api.latest import io
@@ -9,7 +9,8 @@ from comfy_api.latest import io
 from ..audiostory_core.models.config import locate
 from ..audiostory_core.models.loading import load_models
 from . import comfy_models as cm
-from .common import CATEGORY, Planner, llm_dtype, model_folders, model_roots, reference_numerics
+from .common import (CATEGORY, Planner, dit_dtype, llm_dtype, model_folders, model_roots, reference_numerics,
+                     vae_dtype)
 from .logic import DTYPE_CHOICES, PlannerHandle, dtype_from_choice, no_roots_message, resolve_model_root
 
 
@@ -28,7 +29,8 @@ class AudioStoryModelLoader(io.ComfyNode):
                                tooltip="A folder in models/audiostory/ holding AudioStory-3B/, Flux_detokenizer/, "
                                        "Qwen2.5-3B-Instruct/ and flan-t5-large/."),
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
-                               tooltip="auto: chosen per component by ComfyUI for the current device (fp32 on CPU)."),
+                               tooltip="auto: bf16 where the device computes it well, else fp16, else fp32 (CPU); ComfyUI's "
+                                       "--*-unet / --*-text-enc flags are honoured. fp16 is the official choice."),
             ],
             outputs=[
                 Planner.Output(display_name="planner", tooltip="LLM, tokenizer, bridge heads and null embedding."),
@@ -38,14 +40,13 @@ class AudioStoryModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, root, dtype):
+    def validate_inputs(cls, root):
+        """Only ``root`` is checked here (with where to put models); ``dtype`` keeps ComfyUI's combo check."""
         roots = model_roots()
         if not roots:
             return no_roots_message(model_folders())
         if root not in roots:
             return f"Model folder {root!r} is not in models/audiostory/; available: {', '.join(roots)}."
-        if dtype not in DTYPE_CHOICES:
-            return f"dtype must be one of {', '.join(DTYPE_CHOICES)}"
         return True
 
     @classmethod
@@ -53,33 +54,31 @@ class AudioStoryModelLoader(io.ComfyNode):
     def execute(cls, root, dtype) -> io.NodeOutput:
         forced = dtype_from_choice(dtype)
         paths = locate(resolve_model_root(model_folders(), root))
-        dev = mm.get_torch_device()
-        want = {
-            "planner": (forced or llm_dtype(mm.text_encoder_device()), mm.text_encoder_offload_device()),
-            "dit": (forced or mm.unet_dtype(device=dev, supported_dtypes=[torch.float16, torch.bfloat16,
-                                                                         torch.float32]), mm.unet_offload_device()),
-            "vae": (forced or mm.vae_dtype(mm.vae_device(), [torch.float16, torch.bfloat16, torch.float32]),
-                    mm.vae_offload_device()),
-        }
-        groups: dict = {}
-        for comp, key in want.items():
-            groups.setdefault(key, []).append(comp)
-        loaded = {}
-        for (dt, device), comps in groups.items():
-            res = load_models(paths, dt, device, planner="planner" in comps, dit="dit" in comps, vae="vae" in comps)
-            for comp in comps:
-                loaded[comp] = res
-        planner = loaded["planner"].planner
-        dit = loaded["dit"].dit
-        vae = loaded["vae"].vae
+        want = {"planner": (llm_dtype(forced), mm.text_encoder_offload_device()),
+                "dit": (dit_dtype(forced), mm.unet_offload_device()),
+                "vae": (vae_dtype(forced), mm.vae_offload_device())}
+        loaded = load_components(paths, want)
+        planner, dit, vae = loaded["planner"].planner, loaded["dit"].dit, loaded["vae"].vae
         llm_p, heads_p = cm.planner_patchers(planner)
         handle = PlannerHandle(planner=planner, null_embedding=loaded["dit"].null_embedding.detach().float().cpu(),
-                               audio_seq_len=int(dit.config.audio_seq_len),
-                               vae_sample_rate=int(vae.config.sampling_rate), root_name=root,
-                               llm_patcher=llm_p, heads_patcher=heads_p)
-        model = cm.dit_model_patcher(dit, want["dit"][0])
-        comfy_vae = cm.AudioStoryVAE(vae, want["vae"][0])
-        return io.NodeOutput(handle, model, comfy_vae)
+                               audio_seq_len=int(dit.config.audio_seq_len), vae_sample_rate=int(vae.config.sampling_rate),
+                               root_name=root, llm_patcher=llm_p, heads_patcher=heads_p)
+        return io.NodeOutput(handle, cm.dit_model_patcher(dit, want["dit"][0]), cm.AudioStoryVAE(vae, want["vae"][0]))
+
+
+def load_components(paths, want: dict) -> dict:
+    """Load planner/DiT/VAE with one ``load_models`` call per (dtype, offload device) group, so the
+    checkpoint is read once when they share a dtype. Returns {component: loaded result}."""
+    groups: dict = {}
+    for comp, key in want.items():
+        groups.setdefault(key, []).append(comp)
+    loaded = {}
+    for (dt, device), comps in groups.items():
+        res = load_models(paths, dt, device, planner="planner" in comps, dit="dit" in comps, vae="vae" in comps)
+        loaded.update({comp: res for comp in comps})
+    for w in dict.fromkeys(w for res in loaded.values() for w in res.warnings):  # unknown keys etc., once each
+        logging.warning("AudioStory: %s", w)
+    return loaded
 
 
 NODES = [AudioStoryModelLoader]

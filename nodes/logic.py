@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..audiostory_core import validation
 from ..audiostory_core.atomic import atomic_write
 from ..audiostory_core.models.config import find_audiostory_dir
 from ..audiostory_core.errors import AudioStoryError, InputError, ModelFilesError, PlanError
@@ -30,7 +31,7 @@ SAVE_FORMATS = ("wav", "flac")
 CROSSFADE_CURVES = ("linear", "equal_power")
 MUX_POLICIES = ("pad", "trim", "keep_video")
 EXISTING_AUDIO = ("replace", "mix")
-MAX_TOTAL_SECONDS = 600.0
+MAX_TOTAL_SECONDS = validation.MAX_TOTAL_SECONDS
 
 
 # ---------------------------------------------------------------- values passed between nodes
@@ -173,19 +174,53 @@ def dtype_from_choice(choice: str) -> Optional[torch.dtype]:
 
 
 # ---------------------------------------------------------------- validation
+def instruction_problem(instruction: Any) -> Optional[str]:
+    """The Planner's own check (ComfyUI cannot tell an empty story): a message, or None when fine.
+
+    None (a linked input, unknown at validation time) is not checked here; execution checks it."""
+    from ..audiostory_core.validation import check_instruction
+
+    if instruction is None:
+        return None
+    try:
+        check_instruction(instruction)
+    except InputError as e:
+        return str(e)
+    return None
+
+
+def sample_rate_problem(sample_rate: Any) -> Optional[str]:
+    """Decode's rule, which a min/max pair cannot express: 0 (the VAE's own rate) or 8000-192000 Hz.
+
+    Naming ``sample_rate`` in ``validate_inputs`` switches ComfyUI's own range check off for it, so this
+    checks both ends."""
+    from ..audiostory_core.validation import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_sample_rate
+
+    if sample_rate is None:
+        return None
+    try:
+        check_sample_rate(sample_rate, allow_native=True)
+    except InputError:
+        return (f"sample_rate must be 0 (the VAE's own rate) or between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, "
+                f"got {sample_rate} (32000 is the reference output rate).")
+    return None
+
+
 def validate_plan_inputs(instruction: Any, total_duration: Any, max_new_tokens: Any) -> Optional[str]:
-    """A ComfyUI-style validation message, or None when valid (None inputs are links: not checked)."""
-    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
-        return "The instruction is empty: describe the story, e.g. 'A fire truck leaves the station with sirens blaring.'"
-    if total_duration is not None:
-        try:
-            d = float(total_duration)
-        except (TypeError, ValueError):
-            return f"total_duration must be a number of seconds, got {total_duration!r}"
-        if not (d > 0) or d > MAX_TOTAL_SECONDS or math.isnan(d):
-            return f"total_duration must be in (0, {MAX_TOTAL_SECONDS:g}] seconds, got {d:g}"
-    if max_new_tokens is not None and int(max_new_tokens) < 16:
-        return f"max_new_tokens must be at least 16, got {max_new_tokens}"
+    """A ComfyUI-style validation message, or None when valid (None inputs are links: not checked).
+
+    The rules are :mod:`audiostory_core.validation`'s, shared with the library and the CLI."""
+    try:
+        if instruction is not None:
+            validation.check_instruction(instruction)
+        if total_duration is not None:
+            validation.check_total_duration(total_duration, "total_duration")
+        if max_new_tokens is not None:
+            if isinstance(max_new_tokens, (int, float)) and max_new_tokens < 16:
+                return f"max_new_tokens must be at least 16, got {max_new_tokens}"
+            validation.check_max_new_tokens(max_new_tokens)
+    except AudioStoryError as e:
+        return str(e)
     return None
 
 
@@ -196,16 +231,11 @@ def parse_plan_json(text: Any, max_event_seconds: Optional[float] = None) -> Sto
     return StoryPlan.from_json(text, max_event_seconds=max_event_seconds)
 
 
-def check_clip_lengths(durations: Sequence[float], crossfade: float, max_clip_seconds: float) -> None:
-    """Raise a clear error when an event (+ crossfade tail) does not fit in one DiT clip."""
-    if crossfade < 0 or math.isnan(crossfade):
-        raise InputError(f"crossfade must be >= 0 s, got {crossfade}")
-    bad = [(i + 1, s) for i, s in enumerate(clip_seconds(list(durations), crossfade)) if s > max_clip_seconds + 1e-6]
-    if bad:
-        desc = "; ".join(f"event {i}: {s:.2f} s" for i, s in bad)
-        raise PlanError(f"{desc} (duration + {crossfade:g} s crossfade tail) longer than one clip can hold "
-                        f"({max_clip_seconds:.2f} s for this model). Shorten or split those events in the plan, "
-                        "or lower the crossfade.")
+def check_clip_lengths(durations: Sequence[float], crossfade: float, max_clip_seconds: float) -> list[str]:
+    """Raise a clear error when an event (+ crossfade tail) does not fit in one DiT clip; return the
+    warnings (clips shorter than the crossfade). Same rules as the library and the CLI."""
+    validation.check_crossfade(crossfade)
+    return validation.clip_problems(list(durations), float(crossfade), max_clip_seconds)
 
 
 def describe_plan(plan: StoryPlan) -> str:
@@ -383,7 +413,128 @@ def workflow_metadata(prompt: Any, extra_pnginfo: Any) -> dict:
     return meta
 
 
+# ---------------------------------------------------------------- dtypes and memory estimates
+FP8_DTYPE_NAMES = ("float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu", "float8_e4m3fnuz", "float8_e5m2fnuz")
+
+
+def pick_dtype(forced: Optional[torch.dtype], host_choice: Optional[torch.dtype], bf16_ok: bool, fp16_ok: bool,
+               what: str, flag: str) -> torch.dtype:
+    """The weight dtype of one AudioStory model (DiT or LLM).
+
+    ``forced``: the loader's dtype widget (None = auto). ``host_choice``: what a ComfyUI launch flag
+    asks for (``--bf16-unet``, ``--fp8_e4m3fn-unet``..., None without a flag). Auto prefers bf16 where the
+    device computes it well (as ComfyUI runs Flux-family models), then fp16 (the official choice, also
+    selectable on the loader), else fp32. The modules are plain diffusers/transformers layers, not
+    ``comfy.ops``, so they cannot store fp8 weights and cast them per layer: an fp8 flag is refused with
+    what to do instead, unless the loader's dtype is set explicitly.
+    """
+    if forced is not None:
+        return forced
+    if host_choice is not None:
+        if str(host_choice).replace("torch.", "") in FP8_DTYPE_NAMES:
+            raise InputError(
+                f"ComfyUI was started with {flag}, but the AudioStory {what} is built from plain PyTorch layers "
+                f"(not comfy.ops) and cannot run with {str(host_choice).replace('torch.', '')} weights. Set the "
+                "loader's dtype to bf16 or fp16 (it then overrides the flag for AudioStory only), or start "
+                "ComfyUI without the fp8 flag.")
+        return host_choice
+    if bf16_ok:
+        return torch.bfloat16
+    if fp16_ok:
+        return torch.float16
+    return torch.float32
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def transformer_working_memory(*, hidden: int, layers: int, kv_width: int, intermediate: int, tokens: int,
+                               dtype: torch.dtype, vocab: int = 0, batch: int = 1, kv_cache: bool = True) -> int:
+    """Bytes a transformer needs beside its weights for one forward over ``tokens`` (an estimate).
+
+    KV cache for the whole context (decoders), one layer's activations for the prefill (the residual
+    stream, q/k/v/out and the MLP's gate/up/down are alive at once; attention runs through SDPA, so no
+    tokens x tokens matrix is kept) and fp32 logits of the last position.
+    """
+    b = dtype_bytes(dtype)
+    kv = 2 * layers * kv_width * tokens * b * batch if kv_cache else 0
+    act = batch * tokens * (6 * hidden + 3 * intermediate) * b
+    logits = batch * vocab * 4 * 2
+    return int(kv + act + logits)
+
+
+def hf_working_memory(config: Any, tokens: int, dtype: torch.dtype, kv_cache: bool = True) -> int:
+    """:func:`transformer_working_memory` from a transformers config (decoder LLM, a VLM's text model or a
+    Whisper encoder)."""
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = int(getattr(c, "hidden_size", None) or getattr(c, "d_model"))
+    layers = int(getattr(c, "num_hidden_layers", None) or getattr(c, "encoder_layers"))
+    heads = int(getattr(c, "num_attention_heads", None) or getattr(c, "encoder_attention_heads"))
+    kv_heads = int(getattr(c, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(c, "head_dim", None) or hidden // heads)
+    inter = int(getattr(c, "intermediate_size", None) or getattr(c, "encoder_ffn_dim", None) or 4 * hidden)
+    vocab = int(getattr(c, "vocab_size", 0) or 0) if kv_cache else 0
+    return transformer_working_memory(hidden=hidden, layers=layers, kv_width=kv_heads * head_dim,
+                                      intermediate=inter, tokens=int(tokens), dtype=dtype, vocab=vocab,
+                                      kv_cache=kv_cache)
+
+
+def dit_working_memory(*, batch: int, frames: int, context: int, width: int, dtype: torch.dtype) -> int:
+    """Bytes the AudioStory DiT needs beside its weights for one step over ``batch`` clips (an estimate).
+
+    Joint attention over ``frames + context`` tokens (64 query tokens + the duration token): the residual
+    streams of both branches, q/k/v/out, the 4x MLP (the single blocks concatenate attention and MLP,
+    ~7x width) and the modulation vectors; SDPA keeps no full attention matrix.
+    """
+    b = dtype_bytes(dtype)
+    tokens = frames + context
+    return int(batch * tokens * width * b * 14 + batch * frames * 64 * 4 * 4)
+
+
 # ---------------------------------------------------------------- progress / text streaming
+_SPECIAL = re.compile(r"<\|[^|<>]*\|>|</?t5(?:_\d+)?>|</?aud(?:_\d+)?>|<video_padding>")
+
+
+def readable_stream(raw: str) -> str:
+    """A partial plan transcript (the decoded tokens so far) in the form of the final plan text.
+
+    ``reasoning <|/think|> <|gen|> caption <timestamp>d</timestamp> <t5>... <aud>... <|/gen|> ...`` becomes
+    the reasoning, a blank line and ``1. [4 s] caption`` per event, like ``StoryPlan.text()``; an event
+    still being written shows its caption so far. Query tokens and other control tokens never show.
+    """
+    think = "<|/think|>"
+    reasoning, _, rest = raw.partition(think)
+    reasoning = _SPECIAL.sub("", reasoning).strip()
+    if not _:
+        return reasoning
+    lines = [reasoning, ""]
+    for n, chunk in enumerate(rest.split("<|gen|>")[1:], start=1):
+        body = chunk.split("<t5>")[0].split("<|/gen|>")[0]
+        m = re.search(r"<timestamp>(.*?)(</timestamp>|$)", body, flags=re.S)
+        dur = None
+        if m and m.group(2):
+            try:
+                dur = float(m.group(1).strip())
+            except ValueError:
+                dur = None
+        caption = _SPECIAL.sub("", re.sub(r"<timestamp>.*?(</timestamp>|$)", " ", body, flags=re.S))
+        caption = re.sub(r"\s+", " ", caption).strip()
+        lines.append(f"{n}. [{dur:g} s] {caption}" if dur is not None else f"{n}. {caption}".rstrip())
+    return "\n".join(lines)
+
+
+class ReadableStream:
+    """Hooks.text sink: turns each raw partial transcript into :func:`readable_stream` text, then sends it."""
+
+    def __init__(self, send: Callable[[str], None]):
+        self.send = send
+
+    def __call__(self, raw: str) -> None:
+        self.send(readable_stream(raw))
+
+
+
 class TextThrottle:
     """Forward streamed text at most every ``interval`` seconds (plus the final text)."""
 

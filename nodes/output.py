@@ -6,15 +6,14 @@ from pathlib import Path
 
 import comfy.model_management as mm
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..audiostory_core.errors import InputError
-from ..audiostory_core.stages.audio import crossfade_concat, decode_clips, resample, write_audio
+from ..audiostory_core.stages.audio import crossfade_concat, resample, write_audio
 from ..audiostory_core.stages.event_tokens import clip_seconds
-from . import comfy_models as cm
 from .common import CATEGORY, Events, make_hooks, reference_numerics
-from .logic import (CROSSFADE_CURVES, SAVE_FORMATS, EventsBundle, audio_dict, check_latent_matches,
-                    from_comfy_latent, pad_clips, safe_prefix, workflow_metadata, write_flac_with_metadata)
+from .logic import (CROSSFADE_CURVES, SAVE_FORMATS, EventsBundle, audio_dict, check_latent_matches, pad_clips,
+                    safe_prefix, sample_rate_problem, workflow_metadata, write_flac_with_metadata)
 
 log = logging.getLogger("AudioStory")
 
@@ -46,41 +45,42 @@ class AudioStoryDecode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, crossfade=None, sample_rate=None, **kwargs):
-        if crossfade is not None and crossfade < 0:
-            return f"crossfade must be >= 0 s, got {crossfade}"
-        if sample_rate is not None and 0 < sample_rate < 8000:
-            return f"sample_rate must be 0 (VAE rate) or at least 8000 Hz, got {sample_rate}"
-        return True
+    def validate_inputs(cls, sample_rate=None):
+        """Only sample_rate (0 or 8000-192000 Hz, which one min/max pair cannot say); crossfade and curve keep
+        ComfyUI's own range and list checks."""
+        return sample_rate_problem(sample_rate) or True
 
     @classmethod
     @reference_numerics
     def execute(cls, vae, samples, events, crossfade, sample_rate, curve="linear") -> io.NodeOutput:
         if not isinstance(events, EventsBundle):
             raise InputError("events must come from AudioStoryEventTokens.")
-        lat = samples["samples"]
-        check_latent_matches(lat, events)
+        check_latent_matches(samples["samples"], events)
         if abs(float(crossfade) - events.crossfade) > 1e-9:
             log.warning("AudioStoryDecode crossfade %.3g s differs from the %.3g s the clips were rendered for.",
                         crossfade, events.crossfade)
-        secs = clip_seconds(events.durations, float(crossfade))
-        hooks = make_hooks(cls.hidden.unique_id)
-        if isinstance(vae, cm.AudioStoryVAE):
-            mm.load_models_gpu([vae.patcher], force_full_load=True)
-            clips = decode_clips(vae.diffusers_vae, from_comfy_latent(lat), secs, hooks)
-            sr_vae = vae.sample_rate
-        else:  # any other comfy audio VAE (e.g. Stable Audio's): decode through its interface
-            sr_vae = 44100
-            clips = []
-            for i in range(lat.shape[0]):
-                hooks.check()
-                wav = vae.decode(lat[i:i + 1]).movedim(-1, 1)[0].float().cpu()
-                clips.append(wav[:, : int(secs[i] * sr_vae)])
-                hooks.report("decode", i + 1, lat.shape[0])
+        sr_vae = int(getattr(vae, "sample_rate", 44100))
+        clips = decode_with_vae(vae, samples["samples"], clip_seconds(events.durations, float(crossfade)), sr_vae,
+                                make_hooks(cls.hidden.unique_id))
         sr = sr_vae if int(sample_rate) == 0 else int(sample_rate)
         clips = [resample(c, sr_vae, sr) for c in clips]
         story = crossfade_concat(clips, sr, float(crossfade), curve)
         return io.NodeOutput(audio_dict(story, sr), audio_dict(pad_clips(clips), sr))
+
+
+def decode_with_vae(vae, latent, seconds, sample_rate: int, hooks) -> list:
+    """Decode clip by clip through ``comfy.sd.VAE.decode`` (memory-managed load, batching and the
+    OOM-to-tiled fallback of core) and trim each clip to its event: list of [C, S] float32 on CPU.
+
+    One clip per call keeps the numbers of the CLI's reference decode (one clip per VAE call) and gives
+    a progress step and a Cancel check per clip."""
+    clips = []
+    for i in range(latent.shape[0]):
+        hooks.check()
+        wav = vae.decode(latent[i:i + 1]).movedim(-1, 1)[0].float().cpu()
+        clips.append(wav[:, : int(seconds[i] * sample_rate)])
+        hooks.report("decode", i + 1, latent.shape[0])
+    return clips
 
 
 class AudioStorySaveAudio(io.ComfyNode):
@@ -105,29 +105,32 @@ class AudioStorySaveAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, filename_prefix, format) -> io.NodeOutput:
+        """Writes the files and returns the same UI payload as core SaveAudio (``{"audio": [...]}``), which the
+        pack's web extension (web/audiostory.js) plays in an audio widget on the node."""
         from comfy.cli_args import args
 
-        if format not in SAVE_FORMATS:
-            raise InputError(f"format must be one of {SAVE_FORMATS}")
-        if not isinstance(audio, dict) or "waveform" not in audio:
-            raise InputError("audio is not an AUDIO value.")
-        prefix = safe_prefix(filename_prefix)
-        out_dir = folder_paths.get_output_directory()
-        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir)
         meta = {} if args.disable_metadata else workflow_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo)
-        results = []
-        sr = int(audio["sample_rate"])
-        for b, wave in enumerate(audio["waveform"].cpu()):
-            mm.throw_exception_if_processing_interrupted()
-            name = f"{filename.replace('%batch_num%', str(b))}_{counter:05}_.{format}"
-            path = Path(folder) / name
-            if format == "flac":
-                write_flac_with_metadata(path, wave, sr, meta)
-            else:
-                write_audio(path, wave, sr, "wav")
-            results.append({"filename": name, "subfolder": subfolder, "type": "output"})
-            counter += 1
-        return io.NodeOutput(ui={"audio": results})
+        return io.NodeOutput(ui=ui.SavedAudios(save_audio_files(audio, filename_prefix, format, meta)))
+
+
+def save_audio_files(audio, filename_prefix: str, format: str, meta: dict) -> list:
+    """Every batch item of an AUDIO as ``<prefix>_<counter>_.<format>`` in the output folder (atomically)."""
+    if format not in SAVE_FORMATS:
+        raise InputError(f"format must be one of {SAVE_FORMATS}")
+    if not isinstance(audio, dict) or "waveform" not in audio:
+        raise InputError("audio is not an AUDIO value.")
+    folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(safe_prefix(filename_prefix),
+                                                                               folder_paths.get_output_directory())
+    results, sr = [], int(audio["sample_rate"])
+    for b, wave in enumerate(audio["waveform"].cpu()):
+        mm.throw_exception_if_processing_interrupted()
+        name = f"{filename.replace('%batch_num%', str(b))}_{counter + b:05}_.{format}"
+        if format == "flac":
+            write_flac_with_metadata(Path(folder) / name, wave, sr, meta)
+        else:
+            write_audio(Path(folder) / name, wave, sr, "wav")
+        results.append(ui.SavedResult(name, subfolder, io.FolderType.output))
+    return results
 
 
 NODES = [AudioStoryDecode, AudioStorySaveAudio]

@@ -6,12 +6,12 @@ from comfy_api.latest import io, ui
 
 from ..audiostory_core.errors import InputError, PlanError
 from ..audiostory_core.stages.grammar import build_instruction
-from ..audiostory_core.stages.plan import generate_plan
+from ..audiostory_core.stages.plan import PlanResult, generate_plan
 from ..audiostory_core.tasks.memory import with_history
 from . import comfy_models as cm
 from .common import CATEGORY, AudioContext, Memory, Plan, Planner, make_hooks, reference_numerics, send_text
-from .logic import (PlanBundle, TextThrottle, describe_plan, parse_plan_json, planner_audio_context,
-                    validate_plan_inputs)
+from .logic import (PlanBundle, ReadableStream, TextThrottle, describe_plan, instruction_problem, parse_plan_json,
+                    planner_audio_context, validate_plan_inputs)
 
 
 class AudioStoryPlanner(io.ComfyNode):
@@ -48,41 +48,49 @@ class AudioStoryPlanner(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, instruction=None, total_duration=None, max_new_tokens=None, **kwargs):
-        msg = validate_plan_inputs(instruction, total_duration, max_new_tokens)
-        return msg if msg else True
+    def validate_inputs(cls, instruction=None):
+        """Only the instruction (ComfyUI cannot tell an empty story); total_duration and max_new_tokens keep
+        ComfyUI's own min/max checks."""
+        return instruction_problem(instruction) or True
 
     @classmethod
     @reference_numerics
     def execute(cls, planner, instruction, total_duration, max_new_tokens, memory=None, audio_context=None,
                 unload_llm_after=False) -> io.NodeOutput:
-        msg = validate_plan_inputs(instruction, total_duration, max_new_tokens)
-        if msg:
-            raise InputError(msg)
-        pl = planner.planner
-        mm.load_models_gpu([planner.llm_patcher, planner.heads_patcher])
-        # the audio context is rebuilt for THIS instruction and duration (not the one it was made with)
-        lead, ctx = planner_audio_context(audio_context, pl.tokenizer, instruction, float(total_duration))
-        instr = build_instruction(instruction, float(total_duration), lead)
-        ctx = with_history(pl.tokenizer, pl.ids, memory, instr, ctx)
         node_id = cls.hidden.unique_id
-        stream = TextThrottle(send_text(node_id))
-        result = generate_plan(pl, instruction, float(total_duration), lead=lead, max_new_tokens=int(max_new_tokens),
-                               keep_hidden=True, context=ctx, hooks=make_hooks(node_id, stream))
-        stream.flush()
-        if result.hidden is not None:
-            result.hidden = result.hidden.to(mm.intermediate_device())
+        result, ctx = run_planner(planner, instruction, float(total_duration), int(max_new_tokens), memory,
+                                  audio_context, node_id)
         if unload_llm_after:
             cm.unload_patcher(planner.llm_patcher)
-        plan = result.plan
-        if not plan.events:
-            raise PlanError("The planner produced no usable event"
-                            + (f" ({'; '.join(plan.problems)})" if plan.problems else "")
-                            + ". Rephrase the instruction, raise max_new_tokens, or write the plan by hand with "
-                              "AudioStoryPlanFromJSON.")
-        text = plan.to_json()
-        send_text(node_id)(describe_plan(plan))
-        return io.NodeOutput(PlanBundle(plan=plan, result=result, context=ctx), text, ui=ui.PreviewText(text))
+        text = result.plan.to_json()
+        send_text(node_id)(describe_plan(result.plan))
+        return io.NodeOutput(PlanBundle(plan=result.plan, result=result, context=ctx), text, ui=ui.PreviewText(text))
+
+
+def run_planner(planner, instruction: str, total_duration: float, max_new_tokens: int, memory, audio_context,
+                node_id) -> tuple[PlanResult, object]:
+    """Load the LLM through the memory manager, build the prompt (audio context and earlier chapters for
+    THIS instruction and duration) and generate, streaming readable plan text onto the node."""
+    msg = validate_plan_inputs(instruction, total_duration, max_new_tokens)
+    if msg:
+        raise InputError(msg)
+    pl = planner.planner
+    lead, ctx = planner_audio_context(audio_context, pl.tokenizer, instruction, total_duration)
+    ctx = with_history(pl.tokenizer, pl.ids, memory, build_instruction(instruction, total_duration, lead), ctx)
+    prompt_len = len(ctx.prompt_ids) if ctx is not None else 512
+    cm.load([planner.llm_patcher, planner.heads_patcher], cm.llm_working_memory(pl.llm, prompt_len + max_new_tokens))
+    stream = TextThrottle(ReadableStream(send_text(node_id)))
+    result = generate_plan(pl, instruction, total_duration, lead=lead, max_new_tokens=max_new_tokens,
+                           keep_hidden=True, context=ctx, hooks=make_hooks(node_id, stream))
+    stream.flush()
+    if result.hidden is not None:
+        result.hidden = result.hidden.to(mm.intermediate_device())
+    if not result.plan.events:
+        problems = result.plan.problems
+        raise PlanError("The planner produced no usable event" + (f" ({'; '.join(problems)})" if problems else "")
+                        + ". Rephrase the instruction, raise max_new_tokens, or write the plan by hand with "
+                          "AudioStoryPlanFromJSON.")
+    return result, ctx
 
 
 class AudioStoryPlanFromJSON(io.ComfyNode):

@@ -15,6 +15,7 @@ from ..audiostory_core.stages.sampling import make_noise, reference_sigmas, samp
 from . import comfy_models as cm
 from .common import CATEGORY, Events, make_hooks, reference_numerics
 from .logic import NOISE_CHOICES, REFERENCE_SAMPLER, EventsBundle, conditioning_pair, to_comfy_latent
+from .reroll_logic import event_rows, merge_rows, render_rows
 
 
 class AudioStoryNoiseGenerator:
@@ -40,7 +41,7 @@ class AudioStoryNoise(io.ComfyNode):
             description="The reference noise (or per-event seeded noise) for SamplerCustomAdvanced, so a core "
                         "sampler reproduces AudioStorySampler exactly.",
             inputs=[
-                io.Combo.Input("noise", options=list(NOISE_CHOICES), default="reference",
+                io.Combo.Input("noise", options=list(NOISE_CHOICES), default="seeded",
                                tooltip="reference: seed 0 for every clip (official); seeded: seed + event index."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
             ],
@@ -73,10 +74,17 @@ class AudioStorySampler(io.ComfyNode):
                                default=REFERENCE_SAMPLER),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
                                tooltip="Ignored by reference_euler (σ = linspace(1, 1/steps, steps), then 0)."),
-                io.Combo.Input("noise", options=list(NOISE_CHOICES), default="reference",
+                io.Combo.Input("noise", options=list(NOISE_CHOICES), default="seeded",
                                tooltip="reference: the official noise (seed 0 for every clip); seeded: seed + i."),
                 io.Sampler.Input("sampler", optional=True, tooltip="Overrides sampler_name."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Overrides steps and scheduler."),
+                io.Latent.Input("previous", optional=True,
+                                tooltip="Re-roll: a LATENT of these events; only render_events are sampled again, "
+                                        "the other events are copied from it unchanged."),
+                io.String.Input("render_events", default="", optional=True,
+                                tooltip="With 'previous': the events to re-render, 1-based ('2,4', '2-4', 'all'); "
+                                        "empty = none. Connect AudioStoryScore's events output to re-roll the "
+                                        "weak ones."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Audio latent [events, 64, frames].")],
             hidden=[io.Hidden.unique_id],
@@ -85,40 +93,64 @@ class AudioStorySampler(io.ComfyNode):
     @classmethod
     @reference_numerics
     def execute(cls, model, events, seed, steps, cfg, sampler_name, scheduler, noise, sampler=None,
-                sigmas=None) -> io.NodeOutput:
-        dit = cm.dit_of(model)
-        if dit is None:
-            raise InputError("model must be the MODEL output of AudioStoryModelLoader.")
-        if not isinstance(events, EventsBundle):
-            raise InputError("events must come from AudioStoryEventTokens.")
-        e, t = events.count, events.audio_seq_len
-        if int(dit.config.audio_seq_len) != t:
-            raise InputError(f"The events were made for clips of {t} frames but this DiT renders "
-                             f"{dit.config.audio_seq_len}: use the planner and model of the same loader.")
-        x = make_noise(noise, e, t, int(seed))
-        node_id = cls.hidden.unique_id
+                sigmas=None, previous=None, render_events="") -> io.NodeOutput:
+        dit = checked_dit(model, events)
+        x = make_noise(noise, events.count, events.audio_seq_len, int(seed))
+        rows = render_rows(previous, render_events, events)
+        if rows is not None:  # re-roll: sample only these events (their own noise rows), keep the others
+            if not rows:
+                return io.NodeOutput({"samples": previous["samples"].clone(), "type": "audio"})
+            events, x = event_rows(events, rows), x[rows]
         if sampler_name == REFERENCE_SAMPLER and sampler is None and sigmas is None and cm.is_unpatched(model):
-            mm.load_models_gpu([model])
-            lat = sample_latents(dit, events.fused, events.null_embedding, events.clip_seconds, steps=int(steps),
-                                 guidance=float(cfg), initial_noise=x, sampler="euler", hooks=make_hooks(node_id))
-            samples = to_comfy_latent(lat.float().to(mm.intermediate_device()))
+            samples = reference_sample(model, dit, events, x, int(steps), float(cfg), cls.hidden.unique_id)
         else:
-            pos, neg = conditioning_pair(events)
-            if sigmas is None:
-                if sampler_name == REFERENCE_SAMPLER:
-                    sigmas = torch.tensor(list(reference_sigmas(int(steps))) + [0.0], dtype=torch.float32)
-                else:
-                    sigmas = comfy.samplers.KSampler(model, steps=int(steps), device=model.load_device,
-                                                     sampler=sampler_name, scheduler=scheduler, denoise=1.0,
-                                                     model_options=model.model_options).sigmas
-            if sampler is None:
-                sampler = comfy.samplers.sampler_object("euler" if sampler_name == REFERENCE_SAMPLER else sampler_name)
-            latent = torch.zeros(e, 64, t)
-            callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-            samples = comfy.sample.sample_custom(model, to_comfy_latent(x), float(cfg), sampler, sigmas, pos, neg,
-                                                 latent, callback=callback,
-                                                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=int(seed))
+            samples = comfy_sample(model, events, x, int(seed), int(steps), float(cfg), sampler_name, scheduler,
+                                   sampler, sigmas)
+        if rows is not None:
+            samples = merge_rows(previous["samples"], rows, samples)
         return io.NodeOutput({"samples": samples, "type": "audio"})
+
+
+def checked_dit(model, events):
+    """The AudioStory DiT inside ``model``, after checking that ``events`` were made for it."""
+    dit = cm.dit_of(model)
+    if dit is None:
+        raise InputError("model must be the MODEL output of AudioStoryModelLoader.")
+    if not isinstance(events, EventsBundle):
+        raise InputError("events must come from AudioStoryEventTokens.")
+    if int(dit.config.audio_seq_len) != events.audio_seq_len:
+        raise InputError(f"The events were made for clips of {events.audio_seq_len} frames but this DiT renders "
+                         f"{dit.config.audio_seq_len}: use the planner and model of the same loader.")
+    return dit
+
+
+def reference_sample(model, dit, events: EventsBundle, x, steps: int, cfg: float, node_id):
+    """The official Euler sampler (core ``sample_latents``) on the DiT, loaded by the memory manager with
+    the working memory of one CFG step over all events."""
+    e, t = events.count, events.audio_seq_len
+    cm.load([model], model.model.memory_required([2 * e, 64, t]))
+    lat = sample_latents(dit, events.fused, events.null_embedding, events.clip_seconds, steps=steps, guidance=cfg,
+                         initial_noise=x, sampler="euler", hooks=make_hooks(node_id))
+    return to_comfy_latent(lat.float().to(mm.intermediate_device()))
+
+
+def comfy_sample(model, events: EventsBundle, x, seed: int, steps: int, cfg: float, sampler_name: str,
+                 scheduler: str, sampler=None, sigmas=None):
+    """Any ComfyUI sampler/scheduler (or SAMPLER/SIGMAS sockets) on the same DiT through ``sample_custom``;
+    ``reference_euler`` here means comfy's euler on the reference sigmas."""
+    pos, neg = conditioning_pair(events)
+    if sigmas is None:
+        if sampler_name == REFERENCE_SAMPLER:
+            sigmas = torch.tensor(list(reference_sigmas(steps)) + [0.0], dtype=torch.float32)
+        else:
+            sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                             scheduler=scheduler, denoise=1.0, model_options=model.model_options).sigmas
+    if sampler is None:
+        sampler = comfy.samplers.sampler_object("euler" if sampler_name == REFERENCE_SAMPLER else sampler_name)
+    latent = torch.zeros(events.count, 64, events.audio_seq_len)
+    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
+    return comfy.sample.sample_custom(model, to_comfy_latent(x), cfg, sampler, sigmas, pos, neg, latent,
+                                      callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
 
 
 NODES = [AudioStorySampler, AudioStoryNoise]

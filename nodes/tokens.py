@@ -1,7 +1,6 @@
 """Event-token and consistency-memory nodes: a plan -> fused DiT conditioning, remembered across chapters."""
 from __future__ import annotations
 
-import math
 import os
 
 import comfy.model_management as mm
@@ -12,6 +11,7 @@ from ..audiostory_core.errors import InputError
 from ..audiostory_core.stages.event_tokens import event_tokens
 from ..audiostory_core.stages.plan import PlanResult
 from ..audiostory_core.tasks.memory import StoryMemory, fuse_with_memory, with_history
+from . import comfy_models as cm
 from .common import CATEGORY, Events, Memory, Plan, Planner, make_hooks, reference_numerics
 from .logic import (MEMORY_MODES, EventsBundle, PlanBundle, check_clip_lengths, conditioning_pair, empty_latent,
                     memory_file, memory_for)
@@ -48,45 +48,47 @@ class AudioStoryEventTokens(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, crossfade=None, **kwargs):
-        if crossfade is not None and (crossfade < 0 or math.isnan(crossfade)):
-            return f"crossfade must be >= 0 s, got {crossfade}"
-        return True
-
-    @classmethod
     @reference_numerics
     def execute(cls, planner, plan, crossfade, memory=None) -> io.NodeOutput:
-        if not isinstance(plan, PlanBundle):
-            raise InputError("plan must come from AudioStoryPlanner or AudioStoryPlanFromJSON.")
-        story = plan.plan
-        check_clip_lengths(story.durations, float(crossfade), planner.max_clip_seconds)
-        pl = planner.planner
-        context, generated = plan.context, plan.result
-        if memory is not None and not memory.is_empty and context is None:
-            context = with_history(pl.tokenizer, pl.ids, memory, story.instruction, None)
-            generated = None  # the plan was generated without this memory: re-encode it with the memory prompt
-        reuse = generated is not None and generated.plan is story and generated.hidden is not None
-        mm.load_models_gpu([planner.heads_patcher] if reuse else [planner.llm_patcher, planner.heads_patcher])
-        if reuse:
-            generated = PlanResult(plan=story, prompt_ids=generated.prompt_ids,
-                                   hidden=generated.hidden.to(pl.device))
-        hooks = make_hooks(cls.hidden.unique_id)
-        tokens = event_tokens(pl, story, generated, hooks, context)
-        if memory is not None and not memory.is_empty:
-            fused = fuse_with_memory(pl.heads, tokens.semantic, tokens.residual, memory.residual_bank(),
-                                     memory.strength)
-        else:
-            fused = tokens.fused
-        dev = mm.intermediate_device()
-        tokens.semantic, tokens.residual = tokens.semantic.to(dev), tokens.residual.to(dev)
-        tokens.fused = tokens.fused.to(dev)
-        events = EventsBundle(tokens=tokens, fused=fused.detach().to(dev), null_embedding=planner.null_embedding,
-                              crossfade=float(crossfade), audio_seq_len=planner.audio_seq_len, plan=story,
-                              vae_sample_rate=planner.vae_sample_rate)
-        new_memory = (memory if memory is not None else StoryMemory()).add_chapter(story, tokens.semantic,
-                                                                                    tokens.residual)
+        events, new_memory = encode_events(planner, plan, float(crossfade), memory, cls.hidden.unique_id)
         pos, neg = conditioning_pair(events)
         return io.NodeOutput(events, pos, neg, new_memory, empty_latent(events))
+
+
+def encode_events(planner, plan, crossfade: float, memory, node_id) -> tuple[EventsBundle, StoryMemory]:
+    """Plan -> fused event tokens (memory-attended when a memory is connected) and the extended memory.
+
+    An unedited plan reuses the query states captured while planning, so only the small bridge heads are
+    loaded; otherwise the LLM re-encodes it by teacher forcing (loaded through the memory manager)."""
+    if not isinstance(plan, PlanBundle):
+        raise InputError("plan must come from AudioStoryPlanner or AudioStoryPlanFromJSON.")
+    story = plan.plan
+    check_clip_lengths(story.durations, crossfade, planner.max_clip_seconds)
+    pl = planner.planner
+    context, generated = plan.context, plan.result
+    if memory is not None and not memory.is_empty and context is None:
+        context = with_history(pl.tokenizer, pl.ids, memory, story.instruction, None)
+        generated = None  # the plan was generated without this memory: re-encode it with the memory prompt
+    reuse = generated is not None and generated.plan is story and generated.hidden is not None
+    if reuse:
+        cm.load([planner.heads_patcher])
+        generated = PlanResult(plan=story, prompt_ids=generated.prompt_ids, hidden=generated.hidden.to(pl.device))
+    else:
+        tokens_needed = (len(context.prompt_ids) if context is not None else 512) + len(story.transcript_ids or []) \
+            + 80 * len(story.events)
+        cm.load([planner.llm_patcher, planner.heads_patcher], cm.llm_working_memory(pl.llm, tokens_needed))
+    tokens = event_tokens(pl, story, generated, make_hooks(node_id), context)
+    fused = tokens.fused
+    if memory is not None and not memory.is_empty:
+        fused = fuse_with_memory(pl.heads, tokens.semantic, tokens.residual, memory.residual_bank(), memory.strength)
+    dev = mm.intermediate_device()
+    tokens.semantic, tokens.residual, tokens.fused = (t.to(dev) for t in (tokens.semantic, tokens.residual,
+                                                                           tokens.fused))
+    events = EventsBundle(tokens=tokens, fused=fused.detach().to(dev), null_embedding=planner.null_embedding,
+                          crossfade=crossfade, audio_seq_len=planner.audio_seq_len, plan=story,
+                          vae_sample_rate=planner.vae_sample_rate)
+    new_memory = (memory if memory is not None else StoryMemory()).add_chapter(story, tokens.semantic, tokens.residual)
+    return events, new_memory
 
 
 class AudioStoryConsistencyMemory(io.ComfyNode):

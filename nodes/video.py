@@ -5,6 +5,7 @@ Between them runs the ordinary text-to-audio chain (event tokens, sampler, decod
 """
 from __future__ import annotations
 
+import copy
 import uuid
 from pathlib import Path
 
@@ -16,20 +17,14 @@ from ..audiostory_core.media.captioning import DEFAULT_VLM, VisionCaptioner
 from ..audiostory_core.tasks.dubbing import EVENT_CAPTIONS
 from ..audiostory_core.errors import InputError
 from ..audiostory_core.media.video import SceneList
+from . import comfy_models as cm
 from .common import CATEGORY as BASE_CATEGORY
-from .common import Plan, Planner, Scenes, make_hooks
+from .common import Plan, Planner, Scenes, make_hooks, model_folders
 from .logic import EXISTING_AUDIO, MUX_POLICIES, PlanBundle, audio_from_dict
 from .media_logic import (apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video,
                           video_file)
 
 CATEGORY = "audio/AudioStory/dubbing"
-
-
-def _model_dirs() -> list[str]:
-    try:
-        return list(folder_paths.get_folder_paths("audiostory"))
-    except Exception:
-        return []
 
 
 def _scenes(value) -> SceneList:
@@ -103,22 +98,31 @@ class AudioStoryVideoCaptioner(io.ComfyNode):
 
     @classmethod
     def execute(cls, scenes, vlm, brief, captions, max_new_tokens) -> io.NodeOutput:
-        import copy
-
-        import comfy.model_management as mm
-
-        sc = copy.copy(_scenes(scenes))
-        sc.scenes = [copy.copy(s) for s in sc.scenes]
+        sc = _own_copy(_scenes(scenes))
         if not apply_typed_captions(sc, captions):
-            cap = VisionCaptioner.from_pretrained(vlm, _model_dirs(), device=mm.get_torch_device(),
-                                                  max_new_tokens=int(max_new_tokens))
-            try:
-                cap.caption_scenes(sc, brief, overwrite=True, hooks=make_hooks(cls.hidden.unique_id))
-            finally:
-                del cap
-                mm.soft_empty_cache()
+            cap = load_captioner(vlm, int(max_new_tokens))
+            cap.caption_scenes(sc, brief, overwrite=True, hooks=make_hooks(cls.hidden.unique_id))
         text = captions_json(sc)
         return io.NodeOutput(sc, text, ui=ui.PreviewText(text))
+
+
+def _own_copy(scenes: SceneList) -> SceneList:
+    """A copy whose scenes can be captioned without changing the (cached) input."""
+    sc = copy.copy(scenes)
+    sc.scenes = [copy.copy(s) for s in sc.scenes]
+    return sc
+
+
+def load_captioner(vlm: str, max_new_tokens: int) -> VisionCaptioner:
+    """The VLM, built once and kept between runs under a ModelPatcher, loaded by the memory manager with
+    room for the keyframe tokens and the caption."""
+    dirs = model_folders()
+    cap, patcher = cm.cached_aux_model("VLM", (vlm, tuple(dirs)),
+                                       lambda dev: VisionCaptioner.from_pretrained(vlm, dirs, device=dev),
+                                       lambda c: c.model)
+    cap.max_new_tokens = max_new_tokens
+    cm.load([patcher], cm.aux_working_memory(cap.model, 2048 + max_new_tokens))
+    return cap
 
 
 class AudioStoryDubbingPlan(io.ComfyNode):
@@ -148,15 +152,9 @@ class AudioStoryDubbingPlan(io.ComfyNode):
 
     @classmethod
     def execute(cls, planner, scenes, brief, captions, event_captions, max_new_tokens) -> io.NodeOutput:
-        import copy
-
-        import comfy.model_management as mm
-
-        sc = copy.copy(_scenes(scenes))
-        sc.scenes = [copy.copy(s) for s in sc.scenes]
-        patchers = [p for p in (getattr(planner, "llm_patcher", None), getattr(planner, "heads_patcher", None)) if p]
-        if patchers:
-            mm.load_models_gpu(patchers)
+        sc = _own_copy(_scenes(scenes))
+        pl = planner.planner
+        cm.load([planner.llm_patcher, planner.heads_patcher], cm.llm_working_memory(pl.llm, 2048 + int(max_new_tokens)))
         plan = plan_for_scenes(planner.planner, sc, brief, captions, event_captions, int(max_new_tokens),
                                hooks=make_hooks(cls.hidden.unique_id))
         text = plan.to_json()
@@ -193,23 +191,27 @@ class AudioStoryMuxVideo(io.ComfyNode):
 
         wave, sr = audio_from_dict(audio)
         work = Path(folder_paths.get_temp_directory()) / "audiostory"
-        work.mkdir(parents=True, exist_ok=True)
-        src = video.get_stream_source() if hasattr(video, "get_stream_source") else None
-        if not isinstance(src, str):
-            tmp_in = work / f"mux_in_{uuid.uuid4().hex}.mp4"
-            if src is not None and hasattr(src, "getbuffer"):
-                tmp_in.write_bytes(src.getbuffer())
-            else:
-                video.save_to(str(tmp_in))
-            src = str(tmp_in)
-        ext = Path(src).suffix.lower()
-        if ext not in (".mp4", ".mov", ".mkv", ".webm", ".m4v"):
-            ext = ".mkv"
+        src = video_source_file(video, work)
         mm.throw_exception_if_processing_interrupted()
+        ext = Path(src).suffix.lower() if Path(src).suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".m4v") else ".mkv"
         out = work / f"audiostory_mux_{uuid.uuid4().hex}{ext}"
         mux_audio_onto_video(src, wave, sr, out, policy=length_policy, existing_audio=existing_audio,
                              mix_gain_db=float(mix_gain_db))
         return io.NodeOutput(InputImpl.VideoFromFile(str(out)))
+
+
+def video_source_file(video, work: Path) -> str:
+    """The VIDEO's own file, or a copy of its bytes (or a render of it) in ``work``, for stream copying."""
+    work.mkdir(parents=True, exist_ok=True)
+    src = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+    if isinstance(src, str):
+        return src
+    tmp_in = work / f"mux_in_{uuid.uuid4().hex}.mp4"
+    if src is not None and hasattr(src, "getbuffer"):
+        tmp_in.write_bytes(src.getbuffer())
+    else:
+        video.save_to(str(tmp_in))
+    return str(tmp_in)
 
 
 NODES = [AudioStoryVideoScenes, AudioStoryVideoCaptioner, AudioStoryDubbingPlan, AudioStoryMuxVideo]

@@ -1,6 +1,8 @@
 """Decode, crossfade and write."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -37,9 +39,25 @@ def test_short_clips_are_joined_without_overlap_as_officially():
     assert out.shape[1] == 105
 
 
-def test_resample_length():
-    x = torch.randn(2, 44100)
-    assert resample(x, 44100, 32000).shape == (2, 32000)
+@pytest.mark.parametrize("freq", [440.0, 3000.0, 9000.0])
+def test_resample_keeps_a_sines_frequency_and_level(freq):
+    """1 s of a sine at 44.1 kHz -> 32 kHz: same length in seconds, FFT peak at the same Hz, same RMS."""
+    t = torch.arange(44100) / 44100
+    x = torch.sin(2 * math.pi * freq * t).repeat(2, 1)
+    y = resample(x, 44100, 32000)
+    assert y.shape == (2, 32000)
+    spectrum = torch.fft.rfft(y[0] * torch.hann_window(32000, periodic=False))
+    assert int(spectrum.abs().argmax()) == int(freq)          # 1 Hz bins over one second
+    mid = y[:, 1000:-1000]                                    # away from the edges of the filter
+    assert abs(mid.pow(2).mean().sqrt().item() - 2 ** -0.5) < 0.01
+    ref = torch.sin(2 * math.pi * freq * torch.arange(32000) / 32000)
+    assert (y[0, 1000:-1000] - ref[1000:-1000]).abs().max() < 0.01  # the same waveform, not just the peak
+
+
+def test_resample_removes_content_above_the_new_nyquist():
+    t = torch.arange(44100) / 44100
+    y = resample(torch.sin(2 * math.pi * 20000.0 * t)[None], 44100, 32000)  # above 16 kHz: must not alias
+    assert y[:, 1000:-1000].abs().max() < 0.05
 
 
 def test_write_is_atomic_and_round_trips(tmp_path):

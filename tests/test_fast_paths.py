@@ -135,9 +135,28 @@ def test_bench_tiny_end_to_end(tmp_path, capsys):
     table = res["table"]
     for stage in STAGES + ("free decoding", "peak", "cold start"):
         assert f"| {stage}" in table, stage
+    assert "library default (s)" in table and "official way (s)" in table
     assert res["parity"]["plan_ids_equal"] and res["parity"]["plan_text_equal"]
     assert res["parity"]["events"] == 5
     assert res["parity"]["latents_rel_err"] < 1e-4 and res["parity"]["audio_rel_err"] < 1e-4
+    assert res["parity"]["default_audio_rel_err"] < 1e-4
     assert res["fast_stats"]["fallbacks"] == 0
+    cols = res["columns"]
+    # free decoding is timed on free steps only: fewer steps than free tokens, never the whole plan time
+    assert 0 < cols["fast"]["free_steps"] < res["story"]["free"]
+    for c in cols.values():
+        assert c["free_steps"] == cols["fast"]["free_steps"]
+        assert c["free_tps"] > res["story"]["free"] / c["times"]["plan decode"]
+    assert len({c["mem_gb"] for c in cols.values()}) > 1          # measured per column, not one number
     assert (tmp_path / "bench.json").is_file()
     assert "| total |" in capsys.readouterr().out
+
+
+def test_bench_parity_refuses_different_shapes():
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    from benchmarks.bench_pipeline import rel_err
+
+    with pytest.raises(AssertionError, match="shapes differ"):
+        rel_err(torch.ones(2, 100), torch.ones(2, 120), "audio")
+    assert rel_err(torch.ones(3), torch.ones(3)) == 0.0

@@ -92,11 +92,13 @@ def test_wrong_shape_is_named(tiny_root, tmp_path):
         load_models(locate(root))
 
 
-def test_unexpected_key_is_named(tiny_root, tmp_path):
+def test_unexpected_key_is_named_in_a_warning_and_fatal_when_strict(tiny_root, tmp_path):
     root = _copy(tiny_root, tmp_path / "m")
     _edit_bin(root, lambda sd: sd.__setitem__("tangoflux.transformer.extra_block.weight", torch.zeros(1)))
+    models = load_models(locate(root), planner=False, vae=False)
+    assert len(models.warnings) == 1 and "tangoflux.transformer.extra_block.weight" in models.warnings[0]
     with pytest.raises(WeightsMismatchError, match="extra_block"):
-        load_models(locate(root))
+        load_models(locate(root), planner=False, vae=False, strict=True)
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tiny_root, tmp_path):
@@ -134,6 +136,7 @@ def test_lora_is_merged_and_saved_norms_are_used(tiny_root, tiny_pipeline):
 def test_null_embedding_is_cached_and_t5_not_loaded_again(tiny_root, tmp_path, monkeypatch):
     import audiostory_core.models.null_embedding as ne
 
+    monkeypatch.delenv("AUDIOSTORY_CACHE", raising=False)  # then the model folder (a copy) is the cache
     root = _copy(tiny_root, tmp_path / "m")
     first = load_models(locate(root), planner=False, vae=False).null_embedding
     assert (root / "Flux_detokenizer" / "null_embedding_n4_float32.safetensors").is_file()

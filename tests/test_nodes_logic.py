@@ -327,3 +327,71 @@ def test_mux_stream_copies_video(tmp_path):
     assert packets(src) == packets(out)
     with av.open(str(out)) as c:
         assert c.streams.audio[0].codec_context.name == "aac"
+
+
+# ---------------------------------------------------------------- streamed plan text
+def test_streamed_plan_text_has_no_control_tokens(logic):
+    r = logic.readable_stream
+    assert r("The storm comes in three ") == "The storm comes in three"
+    assert r("Rain first.<|/think|><|gen|>crick") == "Rain first.\n\n1. crick"
+    raw = ("Rain first.<|/think|><|gen|>crickets chirp softly<timestamp>4.0</timestamp><t5><t5_00000><t5_00001>"
+           "</t5><aud><aud_00000></aud><|/gen|><|gen|><timestamp>2.5</timestamp> distant thunder<t5><t5_00000>")
+    assert r(raw) == "Rain first.\n\n1. [4 s] crickets chirp softly\n2. [2.5 s] distant thunder"
+    assert r("R.<|/think|><|gen|>rain<timestamp>3.") == "R.\n\n1. rain"       # duration still being written
+    assert "<" not in r(raw + "</t5><aud><aud_00000></aud><|/gen|><|im_end|>")
+
+
+def test_streamed_plan_text_ends_as_the_final_plan_text(logic, shared_pipeline):
+    """Streaming the shared fixture's plan through the node's sink ends with exactly StoryPlan.text()."""
+    from audiostory_core.progress import Hooks
+    from audiostory_core.stages.plan import generate_plan
+
+    seen = []
+    sink = logic.ReadableStream(seen.append)
+    res = generate_plan(shared_pipeline.models.planner, "A thunderstorm rolls over a quiet farm at night.", 12.0,
+                        hooks=Hooks(text=sink))
+    assert len(res.plan.events) == 3 and len(seen) > 10
+    assert seen[-1] == res.plan.text()
+    assert not any("<|" in s or "<t5" in s or "<aud" in s or "<timestamp" in s for s in seen)
+
+
+# ---------------------------------------------------------------- validation helpers (validate_inputs)
+def test_single_input_validation_messages(logic):
+    assert logic.instruction_problem(None) is None and logic.instruction_problem("A storm.") is None
+    assert "instruction is empty" in logic.instruction_problem("   ")
+    assert logic.sample_rate_problem(0) is None and logic.sample_rate_problem(32000) is None
+    assert logic.sample_rate_problem(None) is None                      # linked: checked when it runs
+    for bad in (999999, 100):
+        msg = logic.sample_rate_problem(bad)
+        assert msg.startswith("sample_rate must be 0 (the VAE's own rate) or between 8000 and 192000") and str(bad) in msg
+
+
+# ---------------------------------------------------------------- dtypes and memory estimates
+def test_dtype_preference_and_fp8_flags(logic):
+    pick = lambda *a: logic.pick_dtype(*a, "DiT", "--fp8_e4m3fn-unet")    # noqa: E731
+    assert pick(None, None, True, True) == torch.bfloat16               # bf16 where the device does it well
+    assert pick(None, None, False, True) == torch.float16               # else fp16 (the official choice)
+    assert pick(None, None, False, False) == torch.float32              # CPU
+    assert pick(torch.float16, None, True, True) == torch.float16       # the loader's choice wins
+    assert pick(None, torch.float32, True, True) == torch.float32       # a --fp32-unet style flag
+    with pytest.raises(logic.InputError, match=r"--fp8_e4m3fn-unet.*DiT.*bf16 or fp16"):
+        pick(None, torch.float8_e4m3fn, True, True)
+    assert pick(torch.bfloat16, torch.float8_e4m3fn, True, True) == torch.bfloat16
+
+
+def test_working_memory_estimates(logic):
+    from transformers import Qwen2Config, WhisperConfig
+
+    qwen = Qwen2Config(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+                       intermediate_size=11008, vocab_size=152277)          # Qwen2.5-3B
+    m = logic.hf_working_memory(qwen, 2000, torch.bfloat16)
+    kv = 2 * 36 * 2 * 128 * 2000 * 2
+    act = 2000 * (6 * 2048 + 3 * 11008) * 2
+    assert m == kv + act + 152277 * 8
+    assert logic.hf_working_memory(qwen, 4000, torch.bfloat16) > m > logic.hf_working_memory(qwen, 2000, torch.float16) - 1
+    assert logic.hf_working_memory(qwen, 2000, torch.float32) > m
+    whisper = WhisperConfig(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120)
+    assert logic.hf_working_memory(whisper, 1500, torch.float32, kv_cache=False) == 1500 * (6 * 1280 + 3 * 5120) * 4
+    one = logic.dit_working_memory(batch=1, frames=645, context=65, width=1024, dtype=torch.float16)
+    assert logic.dit_working_memory(batch=8, frames=645, context=65, width=1024, dtype=torch.float16) == 8 * one
+    assert 10e6 < one < 100e6              # tens of MB per clip and step at release size

@@ -71,6 +71,30 @@ def test_decode_loop_equals_transformers_generate(shared_pipeline):
     torch.testing.assert_close(hidden, res.hidden, rtol=0, atol=1e-5)
 
 
+UNSEEN = ("A crowded train station in the evening.", 9.0)  # not one of the fixture's training prompts
+
+
+def test_repetition_penalty_matters_and_matches_generate_on_an_unseen_prompt(shared_pipeline):
+    """On this prompt penalty 1.0 changes the ids (asserted), so a broken penalty cannot pass unseen."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    pl = shared_pipeline.models.planner
+    assert pl.generation.repetition_penalty == 1.05
+    res = generate_plan(pl, *UNSEEN, max_new_tokens=60, keep_hidden=False)
+    ids = torch.tensor([prompt_ids_for(pl.tokenizer, res.plan.instruction)])
+    procs = LogitsProcessorList([_OfficialProcessor(pl.ids.semantic_block()),
+                                 _OfficialProcessor(pl.ids.residual_block())])
+    runs = {}
+    for penalty in (1.05, 1.0):
+        gc = GenerationConfig.from_pretrained(shared_pipeline.models.paths.qwen_dir)
+        gc.do_sample, gc.max_new_tokens, gc.repetition_penalty = False, 60, penalty
+        out = pl.llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gc,
+                              logits_processor=procs)
+        runs[penalty] = out[0, ids.shape[1]:].tolist()
+    assert res.plan.transcript_ids == runs[1.05]
+    assert runs[1.0] != runs[1.05]
+
+
 def test_max_new_tokens_truncates_and_keeps_valid_events(shared_pipeline):
     full = shared_pipeline.plan("A busy morning in a small city cafe.", 14.0).plan
     cut = full.events[2].span[0] + 12  # stop inside the 3rd event

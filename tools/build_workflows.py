@@ -1,12 +1,16 @@
 """Build the shipped workflows: API-format prompts (``workflows/api/<name>.json``, used by the tests)
-and their UI-format twins (``workflows/<name>.json``, drag & drop / templates).
+and their UI-format twins (``workflows/AudioStory - <Title>.json``, drag & drop / templates).
 
 The UI files are generated from the API graphs and a ComfyUI ``/object_info`` dump, so widget order
-and counts always follow the real node schemas:
+and counts always follow the real node schemas. Each UI file gets a Note (what it does, which model
+folders it needs), a titled node per step, one group per stage, a compact multi-row layout that stays
+readable at "fit view", and an opening view below the top bar and right of the sidebar. ComfyUI 0.8
+(frontend 1.35) shows a custom-node template under its file name, hence the readable file names, and
+uses ``<name>.jpg`` next to it as the card image (rendered in headless Chromium unless ``--no-thumbnails``):
 
     python tools/build_workflows.py --object-info http://127.0.0.1:8188   # or a saved object_info.json
 
-``widget_values_for`` / ``expected_widget_count`` are also used by tests/test_comfyui_e2e.py.
+``widget_values_for`` / ``expected_widget_count`` / ``ui_file_name`` are also used by the tests.
 """
 from __future__ import annotations
 
@@ -180,6 +184,20 @@ def workflows() -> dict[str, dict]:
                          "output": "joined"}},
         "9": _save(["8", 0], "audio/AudioStory_continuation", "flac"),
     }
+    # fix one event: render, score each event with CLAP, re-render only the weakest one (seeded noise 7),
+    # keep every other event's latent; both versions are saved (WAV) to compare
+    reroll = _sampler(["3", 0])
+    reroll["inputs"].update(seed=7, noise="seeded", previous=["4", 0], render_events=["6", 1])
+    w["audiostory_fix_one_event"] = {
+        "1": _loader(), "2": _planner(), "3": _tokens(["2", 0]), "4": _sampler(["3", 0]),
+        "5": _decode(["4", 0], ["3", 0]),
+        "6": {"class_type": "AudioStoryScore",
+              "inputs": {"audio": ["5", 0], "events": ["3", 0], "clap": "clap-htsat-unfused", "select": "weakest",
+                         "threshold": 0.25, "count": 1}},
+        "7": reroll, "8": _decode(["7", 0], ["3", 0]),
+        "9": _save(["5", 0], "audio/AudioStory_before_reroll", "wav"),
+        "10": _save(["8", 0], "audio/AudioStory_fixed", "wav"),
+    }
     return w
 
 
@@ -245,33 +263,257 @@ def widget_values_for(info: dict, inputs: dict) -> list:
     return vals
 
 
-def to_ui(api: dict, object_info: dict) -> dict:
+# ---------------------------------------------------------------- presentation
+# A stage group: (title, colour, columns of node keys). A layout: rows of groups; the Note opens row 1.
+Group = tuple  # (title or None, colour, columns of node keys)
+BLUE, GREEN, YELLOW, PURPLE, CYAN, RED = "#3f789e", "#8A8", "#b58b2a", "#a1309b", "#3f8fa0", "#b06634"
+FRONTEND_ONLY_NODES = ("MarkdownNote", "Note")          # drawn by the frontend, never sent to /prompt
+NODE_W, WIDE_W, NOTE_W = 300, 380, 360
+NOTE = "note"                     # the Note's key in a layout
+# Widgets the frontend adds: upload button and media preview, the audio player on save nodes (web/audiostory.js)
+FRONTEND_MIN = {"LoadVideo": [540, 340], "LoadAudio": [320, 170], "AudioStorySaveAudio": [300, 140],
+                "SaveAudio": [300, 116]}
+TITLE_H, SLOT_H, WIDGET_H = 30, 20, 24     # LiteGraph's title, slot and widget heights
+MIN_TEXT_H, MAX_TEXT_H = 96, 330          # multiline text boxes
+GROUP_HEAD, GROUP_PAD, GAP, NODE_GAP = 46, 16, 40, 24
+TOP_BAR, SIDEBAR = 100, 64        # frontend 1.35: tabs + floating menu, left icon bar (CSS px)
+OPEN_VIEW = (1600, 900)           # the opening view (extra.ds) shows the whole graph in a window this size
+
+
+
+MODELS_NOTE = ("**Models.** `ComfyUI/models/audiostory/AudioStory/` holds the official release: `AudioStory-3B/` "
+               "(config.yaml, pytorch_model.bin), `Flux_detokenizer/`, `Qwen2.5-3B-Instruct/`, `flan-t5-large/`. "
+               "Fetch it with `python -m audiostory_core download --models ComfyUI/models/audiostory/AudioStory` "
+               "(run in this pack's folder), then pick the folder in **Load AudioStory models**.")
+REFERENCE_NOTE = ("Sampler `reference_euler`, 50 steps, cfg 4, noise `reference`, crossfade 3 s at 32 kHz is the "
+                  "official AudioStory computation; `seeded` noise makes the seed matter.")
+
+PRESENTATION: dict[str, dict] = {
+    "audiostory_text_to_long_audio": {
+        "file": "AudioStory - Text to long audio",
+        "note": ("## Text to long audio\nOne instruction and a total length in, one story out: the planner (LLM) "
+                 "reasons and writes timed sound events, each event becomes conditioning tokens, the DiT samples "
+                 "one clip per event and the VAE decodes them into a crossfaded WAV.\n\n" + REFERENCE_NOTE
+                 + "\n\n" + MODELS_NOTE),
+        "titles": {"1": "Load AudioStory models", "2": "Planner · write the timed events", "3": "Event tokens",
+                   "4": "Sampler (reference Euler)", "5": "Decode and crossfade", "6": "Save story (WAV)"},
+        "rows": [[(None, "", [[NOTE]]), ("1 · Models", BLUE, [["1"]]), ("2 · Plan", GREEN, [["2"]])],
+                 [("3 · Event tokens", YELLOW, [["3"]]), ("4 · Sample", PURPLE, [["4"]]),
+                  ("5 · Decode and save", CYAN, [["5", "6"]])]],
+    },
+    "audiostory_plan_editing": {
+        "file": "AudioStory - Edit the plan by hand",
+        "note": ("## Edit the plan by hand\nThe plan is typed or pasted as JSON (reasoning plus events with "
+                 "caption and duration in seconds), e.g. copied from a Planner's text output and edited. Edited "
+                 "events are re-encoded by teacher forcing, so no generation runs. Saves FLAC with the "
+                 "workflow embedded.\n\n" + MODELS_NOTE),
+        "titles": {"1": "Load AudioStory models", "2": "Plan · edit the JSON", "3": "Event tokens",
+                   "4": "Sampler (reference Euler)", "5": "Decode and crossfade", "6": "Save story (FLAC)"},
+        "rows": [[(None, "", [[NOTE]]), ("1 · Models", BLUE, [["1"]]), ("2 · Plan (JSON)", GREEN, [["2"]])],
+                 [("3 · Event tokens", YELLOW, [["3"]]), ("4 · Sample", PURPLE, [["4"]]),
+                  ("5 · Decode and save", CYAN, [["5", "6"]])]],
+    },
+    "audiostory_sampler_swap": {
+        "file": "AudioStory - Core samplers (KSampler, custom)",
+        "note": ("## Core samplers\nThe AudioStory DiT is a ComfyUI MODEL: the same event tokens go through core "
+                 "**KSampler** (euler, simple, 50 steps, cfg 4) and through **SamplerCustomAdvanced** with "
+                 "AudioStory's reference noise (this one reproduces the reference path). Latents are saved "
+                 "too; core **VAEDecodeAudio** decodes the KSampler latent (core applies its own loudness "
+                 "clamp).\n\n" + MODELS_NOTE),
+        "titles": {"1": "Load AudioStory models", "2": "Planner · write the timed events", "3": "Event tokens",
+                   "4": "KSampler · euler, simple", "5": "KSampler · Decode", "6": "KSampler · Save (WAV)",
+                   "7": "KSampler · Save latent", "8": "Custom · Reference noise", "9": "Custom · CFG guider",
+                   "10": "Custom · Sampler select", "11": "Custom · Scheduler", "12": "Custom · Sampler",
+                   "13": "Custom · Decode", "14": "Custom · Save (WAV)", "15": "Custom · Save latent",
+                   "16": "Core VAE · Decode", "17": "Core VAE · Save"},
+        "rows": [[(None, "", [[NOTE]]), ("1 · Models", BLUE, [["1"]]),
+                  ("2 · Plan and event tokens", GREEN, [["2"], ["3"]]), ("Core VAE decode", RED, [["16", "17"]])],
+                 [("3a · Core KSampler", PURPLE, [["4", "7"], ["5", "6"]]),
+                  ("3b · SamplerCustomAdvanced", YELLOW, [["8", "10"], ["9", "11"], ["12", "15"], ["13", "14"]])]],
+    },
+    "audiostory_two_chapters_memory": {
+        "file": "AudioStory - Two chapters with memory",
+        "note": ("## Two chapters with memory\nChapter 1 is planned from the instruction; its plan and last event "
+                 "tokens go into a story memory (saved under output/audiostory/memory/). Chapter 2 (here a plan "
+                 "written by hand) is rendered with that memory, so its fusion also attends to chapter 1, and "
+                 "the two are joined.\n\n" + MODELS_NOTE),
+        "titles": {"1": "Load AudioStory models", "2": "Memory · new story", "3": "Chapter 1 · Planner",
+                   "4": "Chapter 1 · Event tokens", "5": "Chapter 1 · Sampler", "6": "Chapter 1 · Decode",
+                   "7": "Memory · save after chapter 1", "8": "Chapter 2 · Plan (by hand)",
+                   "9": "Chapter 2 · Event tokens", "10": "Chapter 2 · Sampler", "11": "Chapter 2 · Decode",
+                   "12": "Chapters 1 + 2", "13": "Save story (FLAC)"},
+        "rows": [[(None, "", [[NOTE]]), ("1 · Models and memory", BLUE, [["1", "2"]]),
+                  ("2 · Chapter 1", GREEN, [["3"], ["4", "7"], ["5"], ["6"]])],
+                 [("3 · Chapter 2", PURPLE, [["8"], ["9"], ["10"], ["11"]]), ("4 · Join and save", CYAN, [["12", "13"]])]],
+    },
+    "audiostory_mux_video": {
+        "file": "AudioStory - Story onto a video",
+        "note": ("## Story onto a video\nRenders a story and muxes it onto a video: the video stream is copied "
+                 "packet for packet, only the audio is encoded (AAC in MP4). The example video "
+                 "`audiostory_example.mp4` (generated, CC0) is copied into ComfyUI's input folder by the pack; "
+                 "pick your own in **Example video**.\n\n" + MODELS_NOTE),
+        "titles": {"1": "Load AudioStory models", "2": "Planner · write the timed events", "3": "Event tokens",
+                   "4": "Sampler (reference Euler)", "5": "Decode and crossfade", "6": "Example video",
+                   "7": "Mux story onto the video", "8": "Save video"},
+        "rows": [[(None, "", [[NOTE]]), ("1 · Models", BLUE, [["1"]]), ("2 · Plan", GREEN, [["2"]]),
+                  ("Video", RED, [["6"]])],
+                 [("3 · Event tokens and sample", YELLOW, [["3"], ["4"]]),
+                  ("4 · Decode, mux and save", CYAN, [["5"], ["7", "8"]])]],
+    },
+    "audiostory_dubbing": {
+        "file": "AudioStory - Video dubbing",
+        "note": ("## Video dubbing\nFinds the scene cuts, asks a local VLM for the sounds of each scene, plans "
+                 "one event per scene with its exact length, renders and muxes the result (video stream copied). "
+                 "Type captions in the captioner to skip the VLM. The example `audiostory_example.mp4` "
+                 "(generated, CC0) is copied into the input folder by the pack.\n\n**VLM.** "
+                 "`ComfyUI/models/audiostory/Qwen2.5-VL-3B-Instruct/` (Hugging Face "
+                 "`Qwen/Qwen2.5-VL-3B-Instruct`, or any image-text-to-text model folder).\n\n" + MODELS_NOTE),
+        "titles": {"1": "Load AudioStory models", "2": "Example video", "3": "Video · find the scenes",
+                   "4": "Video · caption the scenes (VLM)", "5": "Dubbing plan", "6": "Event tokens",
+                   "7": "Sampler (reference Euler)", "8": "Decode and crossfade", "9": "Mux onto the video",
+                   "10": "Save video"},
+        "rows": [[(None, "", [[NOTE]]), ("1 · Models and video", BLUE, [["1", "2"]]),
+                  ("2 · Scenes and captions", GREEN, [["3"], ["4"]])],
+                 [("3 · Plan, tokens, sample", PURPLE, [["5"], ["6"], ["7"]]),
+                  ("4 · Decode, mux and save", CYAN, [["8"], ["9", "10"]])]],
+    },
+    "audiostory_continuation": {
+        "file": "AudioStory - Audio continuation",
+        "note": ("## Audio continuation\nWhisper listens to the input audio (up to 30 s), its features become "
+                 "LLM input tokens, and the planner continues the story; the continuation is crossfaded onto "
+                 "the input. The example `audiostory_continue_example.wav` (generated, CC0) is copied into the "
+                 "input folder by the pack.\n\n**Whisper.** `ComfyUI/models/audiostory/whisper-large-v3/` "
+                 "(Hugging Face `openai/whisper-large-v3`).\n\n" + MODELS_NOTE),
+        "titles": {"1": "Load AudioStory models", "2": "Input audio", "3": "Audio context (Whisper)",
+                   "4": "Planner · continue the story", "5": "Event tokens", "6": "Sampler (reference Euler)",
+                   "7": "Decode and crossfade", "8": "Join input + continuation", "9": "Save (FLAC)"},
+        "rows": [[(None, "", [[NOTE]]), ("1 · Models and input", BLUE, [["1", "2"]]),
+                  ("2 · Listen and plan", GREEN, [["3"], ["4"]])],
+                 [("3 · Event tokens and sample", PURPLE, [["5"], ["6"]]),
+                  ("4 · Decode, join and save", CYAN, [["7"], ["8", "9"]])]],
+    },
+    "audiostory_fix_one_event": {
+        "file": "AudioStory - Fix one event (score and re-roll)",
+        "note": ("## Fix one event\nRenders the story, scores every event against its caption with CLAP "
+                 "(**Score**: a table on the node), then a second sampler re-renders only the weakest event "
+                 "(its `render_events` comes from the score; `previous` is the first render) with seeded noise. "
+                 "Every other event keeps its latent bit for bit. Change the re-roll seed and queue again: "
+                 "only the re-roll, its decode and save run (the planner and first render stay cached). Set "
+                 "**select** to `below_threshold` to re-roll every event under the threshold.\n\n**CLAP.** "
+                 "`ComfyUI/models/audiostory/clap-htsat-unfused/` (Hugging Face `laion/clap-htsat-unfused`; "
+                 "`python -m audiostory_core download --models ComfyUI/models/audiostory --only clap`).\n\n"
+                 + MODELS_NOTE),
+        "titles": {"1": "Load AudioStory models", "2": "Planner · write the timed events", "3": "Event tokens",
+                   "4": "Sampler · first render", "5": "Decode · first render", "6": "Score events (CLAP)",
+                   "7": "Sampler · re-roll the weakest event", "8": "Decode · fixed story",
+                   "9": "Save first render (WAV)", "10": "Save fixed story (WAV)"},
+        "rows": [[(None, "", [[NOTE]]), ("1 · Models", BLUE, [["1"]]), ("2 · Plan", GREEN, [["2"], ["3"]])],
+                 [("3 · Render and score", PURPLE, [["4"], ["5", "9"], ["6"]]),
+                  ("4 · Re-roll and save", CYAN, [["7"], ["8", "10"]])]],
+    },
+}
+
+def ui_file_name(name: str) -> str:
+    """The UI/template file of API workflow ``name`` (the frontend shows the file name as the card title)."""
+    return PRESENTATION[name]["file"] + ".json" if name in PRESENTATION else f"{name}.json"
+
+
+def _multiline(info: dict, name: str) -> bool:
+    _, spec = _spec(info, name)
+    return _type_of(spec) == "STRING" and len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("multiline")
+
+
+def node_size(info: dict, inputs: list, outputs: list, values: dict) -> list[int]:
+    """At least LiteGraph's ``computeSize`` (so nothing is clipped); multiline text gets room for its lines."""
+    widgets = [n for n in input_names(info) if is_widget(_spec(info, n)[1]) and not isinstance(values.get(n), list)]
+    multiline = [n for n in widgets if _multiline(info, n)]
+    extras = sum(len(widget_extras(_spec(info, n)[1])) for n in widgets)
+    h = max(len(inputs), len(outputs)) * SLOT_H + (len(widgets) - len(multiline) + extras) * WIDGET_H + 14
+    for n in multiline:
+        lines = str(values.get(n) or "").count("\n") + 1
+        h += min(MAX_TEXT_H, max(MIN_TEXT_H, 16 * lines + 24))
+    w, h = (WIDE_W if multiline else NODE_W), h
+    low = FRONTEND_MIN.get(info.get("name", ""), [0, 0])
+    return [max(w, low[0]), max(h, low[1])]
+
+
+def note_height(text: str, chars_per_line: int = 62, line_h: int = 15) -> int:
+    """Room for the Note's markdown at NOTE_W (headings count double)."""
+    lines = sum(max(1, -(-len(par) // chars_per_line)) + (1 if par.startswith("#") else 0)
+                for par in text.split("\n"))
+    return 40 + lines * line_h
+
+
+def _layout(rows: list[list[Group]], sizes: dict[str, list[int]]):
+    """Place the groups row by row, their columns left to right, nodes top to bottom. A group titled
+    ``None`` is only a column holder (the Note); returns (node positions, groups)."""
+    pos, groups, y = {}, [], 0
+    for row in rows:
+        x, row_h = 0, 0
+        for title, colour, columns in row:
+            head, pad = (GROUP_HEAD, GROUP_PAD) if title else (0, 0)
+            gx, cx = x, x + pad
+            inner_h = 0
+            for col in columns:
+                cy, col_w = y + head, 0
+                for k in col:
+                    pos[k] = [cx, cy + TITLE_H]
+                    cy += TITLE_H + sizes[k][1] + NODE_GAP
+                    col_w = max(col_w, sizes[k][0])
+                inner_h = max(inner_h, cy - NODE_GAP - y - head)
+                cx += col_w + NODE_GAP
+            w, h = cx - NODE_GAP + pad - gx, head + inner_h + pad
+            if title:
+                groups.append({"id": len(groups) + 1, "title": title, "bounding": [gx, y, w, h], "color": colour,
+                               "font_size": 24, "flags": {}})
+            x += w + GAP
+            row_h = max(row_h, h)
+        y += row_h + GAP
+    return pos, groups
+
+
+def bounds(ui: dict) -> list[float]:
+    """[x, y, w, h] of everything drawn: groups, nodes with their title bars."""
+    boxes = [g["bounding"] for g in ui["groups"]]
+    boxes += [[n["pos"][0], n["pos"][1] - TITLE_H, n["size"][0], n["size"][1] + TITLE_H] for n in ui["nodes"]]
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def fit_view_scale(ui: dict, window: tuple[int, int]) -> float:
+    """The scale of the frontend's "fit view" (LiteGraph ``animateToBounds``: 0.75 of the tighter axis)."""
+    _, _, w, h = bounds(ui)
+    return min(0.75 * window[0] / max(w, 300), 0.75 * window[1] / max(h, 300))
+
+
+def opening_view(ui: dict, window: tuple[int, int] = OPEN_VIEW) -> dict:
+    """``extra.ds``: the whole graph right of the sidebar and below the top bar, as large as fits (<= 1)."""
+    x, y, w, h = bounds(ui)
+    scale = min(1.0, (window[0] - SIDEBAR - 24) / w, (window[1] - TOP_BAR - 24) / h)
+    scale = round(scale, 3)
+    return {"scale": scale, "offset": [round((SIDEBAR + 12) / scale - x, 1), round((TOP_BAR + 12) / scale - y, 1)]}
+
+
+def to_ui(api: dict, object_info: dict, name: str | None = None) -> dict:
+    """The UI twin of an API graph; with a ``name`` from PRESENTATION: titles, Note, groups, layout."""
+    pres = PRESENTATION.get(name or "", {})
     ids = {k: int(k) for k in api}
-    depth: dict[str, int] = {}
-
-    def d(k):
-        if k not in depth:
-            srcs = [v[0] for v in api[k]["inputs"].values() if isinstance(v, list)]
-            depth[k] = 1 + max((d(s) for s in srcs), default=-1)
-        return depth[k]
-
-    for k in api:
-        d(k)
     links, out_links = [], defaultdict(list)
     link_id = 0
     node_inputs: dict[str, list] = {}
     for k in sorted(api, key=lambda x: ids[x]):
         info = object_info[api[k]["class_type"]]
         ins = []
-        for name in input_names(info):
-            _, spec = _spec(info, name)
-            v = api[k]["inputs"].get(name)
+        for name_ in input_names(info):
+            _, spec = _spec(info, name_)
+            v = api[k]["inputs"].get(name_)
             linked = isinstance(v, list)
             if is_widget(spec) and not linked:
                 continue
-            entry = {"name": name, "type": _type_of(spec), "link": None}
+            entry = {"name": name_, "type": _type_of(spec), "link": None}
             if is_widget(spec):
-                entry["widget"] = {"name": name}
+                entry["widget"] = {"name": name_}
             if linked:
                 link_id += 1
                 src, slot = v[0], int(v[1])
@@ -283,30 +525,61 @@ def to_ui(api: dict, object_info: dict) -> dict:
                 entry["link"] = link_id
             ins.append(entry)
         node_inputs[k] = ins
-    col_y: dict[int, int] = defaultdict(int)
-    nodes = []
-    for order, k in enumerate(sorted(api, key=lambda x: (depth[x], ids[x]))):
-        cls = api[k]["class_type"]
-        info = object_info[cls]
+    outputs, sizes = {}, {}
+    for k in api:
+        info = object_info[api[k]["class_type"]]
         outs = []
-        for slot, (typ, name) in enumerate(zip(info["output"], info["output_name"])):
+        for slot, (typ, oname) in enumerate(zip(info["output"], info["output_name"])):
             typ = "COMBO" if isinstance(typ, list) else typ
-            o = {"name": name, "type": typ, "links": out_links.get((k, slot)) or None}
+            o = {"name": oname, "type": typ, "links": out_links.get((k, slot)) or None}
             if o["links"]:
                 o["slot_index"] = slot
             outs.append(o)
-        wv = widget_values_for(info, api[k]["inputs"])
-        h = 60 + 26 * (len(wv) + max(len(node_inputs[k]), len(outs)))
-        if any(isinstance(v, str) and "\n" in v for v in wv) or cls in ("AudioStoryPlanner", "AudioStoryPlanFromJSON"):
-            h += 160
-        x = 40 + depth[k] * 380
-        y = 40 + col_y[depth[k]]
-        col_y[depth[k]] += h + 40
-        nodes.append({"id": ids[k], "type": cls, "pos": [x, y], "size": [340, h], "flags": {}, "order": order,
-                      "mode": 0, "inputs": node_inputs[k], "outputs": outs,
-                      "properties": {"Node name for S&R": cls}, "widgets_values": wv})
-    return {"last_node_id": max(ids.values()), "last_link_id": link_id, "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+        outputs[k] = outs
+        sizes[k] = node_size(info, node_inputs[k], outs, api[k]["inputs"])
+    note_text = pres.get("note")
+    if note_text:
+        sizes[NOTE] = [NOTE_W, note_height(note_text)]
+    rows = pres.get("rows") or [[("Workflow", BLUE, [[k] for k in sorted(api, key=lambda x: ids[x])])]]
+    placed = {k for row in rows for _, _, cols in row for col in cols for k in col}
+    expected = set(api) | ({NOTE} if note_text else set())
+    assert placed == expected, f"{name}: layout places {sorted(placed)}, graph has {sorted(expected)}"
+    pos, groups = _layout(rows, sizes)
+    order_of = _execution_order(api)
+    nodes = []
+    for k in sorted(api, key=lambda x: ids[x]):
+        cls = api[k]["class_type"]
+        node = {"id": ids[k], "type": cls, "pos": pos[k], "size": sizes[k], "flags": {}, "order": order_of[k],
+                "mode": 0, "inputs": node_inputs[k], "outputs": outputs[k],
+                "properties": {"Node name for S&R": cls},
+                "widgets_values": widget_values_for(object_info[cls], api[k]["inputs"])}
+        if pres.get("titles", {}).get(k):
+            node["title"] = pres["titles"][k]
+        nodes.append(node)
+    last_id = max(ids.values())
+    if note_text:
+        last_id += 1
+        nodes.append({"id": last_id, "type": "MarkdownNote", "pos": pos[NOTE], "size": sizes[NOTE], "flags": {},
+                      "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                      "widgets_values": [note_text], "title": "About this workflow", "color": "#432",
+                      "bgcolor": "#653"})
+    ui = {"last_node_id": last_id, "last_link_id": link_id, "nodes": nodes, "links": links, "groups": groups,
+          "config": {}, "extra": {}, "version": 0.4}
+    ui["extra"]["ds"] = opening_view(ui)
+    return ui
+
+
+def _execution_order(api: dict) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def d(k):
+        if k not in depth:
+            srcs = [v[0] for v in api[k]["inputs"].values() if isinstance(v, list)]
+            depth[k] = 1 + max((d(s) for s in srcs), default=-1)
+        return depth[k]
+
+    ranked = sorted(api, key=lambda k: (d(k), int(k)))
+    return {k: i for i, k in enumerate(ranked)}
 
 
 def load_object_info(src: str) -> dict:
@@ -317,17 +590,31 @@ def load_object_info(src: str) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--object-info", required=True, help="ComfyUI URL or a saved object_info.json")
     ap.add_argument("--out", default=str(ROOT / "workflows"))
+    ap.add_argument("--no-thumbnails", action="store_true", help="do not render <name>.jpg (needs a ComfyUI URL)")
+    ap.add_argument("--chromium", default="/usr/bin/chromium", help="browser for the thumbnails")
     a = ap.parse_args(argv)
     info = load_object_info(a.object_info)
     out = Path(a.out)
     (out / "api").mkdir(parents=True, exist_ok=True)
+    written = {}
     for name, api in workflows().items():
         (out / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
-        (out / f"{name}.json").write_text(json.dumps(to_ui(api, info), indent=2) + "\n")
-        print("wrote", name)
+        ui = to_ui(api, info, name)
+        (out / ui_file_name(name)).write_text(json.dumps(ui, indent=2, ensure_ascii=False) + "\n")
+        written[name] = out / ui_file_name(name)
+        print(f"wrote {ui_file_name(name)}: fit view {fit_view_scale(ui, (1600, 900)):.2f} at 1600x900, "
+              f"{fit_view_scale(ui, (1920, 1080)):.2f} at 1920x1080; opening scale {ui['extra']['ds']['scale']}")
+    if not a.no_thumbnails:
+        if not a.object_info.startswith("http"):
+            ap.error("thumbnails need a running ComfyUI: pass its URL as --object-info, or --no-thumbnails")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from workflow_browser import render_thumbnails
+
+        for path in render_thumbnails(a.object_info, list(written.values()), chromium=a.chromium):
+            print("wrote", path)
     return 0
 
 

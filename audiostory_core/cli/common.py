@@ -42,6 +42,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="auto = fp16 on GPU (as the official code), fp32 on CPU")
+    p.add_argument("--strict", action="store_true",
+                   help="checkpoint keys that belong to no AudioStory module are an error (default: a warning)")
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -60,11 +62,73 @@ def pipeline(args, planner=True, dit=True, vae=True):
     paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
                    qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
     dev = resolve_device(args.device)
-    return AudioStoryPipeline(load_models(paths, resolve_dtype(args.dtype, dev), dev, planner=planner,
-                                          dit=dit, vae=vae))
+    models = load_models(paths, resolve_dtype(args.dtype, dev), dev, planner=planner, dit=dit, vae=vae,
+                         strict=getattr(args, "strict", False))
+    for w in models.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return AudioStoryPipeline(models)
 
 
 def lead(args) -> str:
     from ..stages.grammar import lead_phrase
 
     return lead_phrase(args.lead_phrase, getattr(args, "seed", 0))
+
+
+def check_args(args) -> None:
+    """Every plain argument a command has (range, finiteness, device, lead phrase), before anything loads.
+
+    Arguments a command lacks are skipped, so every subcommand can call this first.
+    """
+    from .. import validation as v
+
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    if get("steps") is not None:
+        v.check_steps(args.steps)
+    if get("guidance") is not None:
+        v.check_guidance(args.guidance)
+    if get("seed") is not None:
+        v.check_seed(args.seed)
+    if get("sample_rate") is not None:
+        v.check_sample_rate(args.sample_rate)      # the CLI has no "0 = VAE rate": say 44100
+    if get("crossfade") is not None:
+        v.check_crossfade(args.crossfade)
+    if get("max_new_tokens") is not None:
+        v.check_max_new_tokens(args.max_new_tokens)
+    if get("lead_phrase") is not None:
+        v.check_lead_phrase(args.lead_phrase, get("seed") or 0)
+    if get("duration") is not None:
+        v.check_total_duration(args.duration, "--duration")
+    if get("instruction") is not None:
+        v.check_instruction(args.instruction)
+    if get("device") is not None:
+        v.check_device(args.device)
+
+
+def model_paths(args):
+    """Locate the model files (reads two small configs, loads nothing)."""
+    from ..models.config import locate
+
+    return locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
+                  qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
+
+
+def clip_window(args) -> float:
+    """Longest clip of this model root in seconds, without loading it."""
+    from ..tasks.dubbing import max_clip_seconds_for
+
+    return max_clip_seconds_for(model_paths(args))
+
+
+def read_plan(path: str):
+    """A plan JSON file, checked against every plan limit (loads no model)."""
+    from ..errors import InputError
+    from ..stages.plan import StoryPlan
+    from ..validation import check_input_file
+
+    p = check_input_file(path, "--plan")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"Cannot read plan {path}: {e}") from e
+    return StoryPlan.from_json(text)

@@ -11,7 +11,7 @@ import gc
 import sys
 from pathlib import Path
 
-from .common import lead, pipeline, tqdm_hooks
+from .common import check_args, lead, pipeline, read_plan, tqdm_hooks
 
 
 def _add_render_args(p: argparse.ArgumentParser) -> None:
@@ -103,13 +103,38 @@ def _scenes(args, max_scene: float):
     return sc, False
 
 
+def check_dub_args(args):
+    """Arguments, input and output files of ``dub`` before any video is read or model loaded; the plan."""
+    from ..media.mux import FORMATS
+    from ..validation import check_input_file, check_output_file
+
+    check_args(args)
+    check_input_file(args.video, "--video")
+    inputs = [args.video, args.scenes, args.captions, args.plan]
+    check_output_file(args.out, formats=[f.lstrip(".") for f in FORMATS], inputs=inputs, what="--out")
+    for name in ("scenes_out", "plan_out"):
+        if getattr(args, name):
+            check_output_file(getattr(args, name), inputs=inputs + [args.out], what="--" + name.replace("_", "-"))
+    return read_plan(args.plan) if args.plan else None
+
+
+def check_continue_args(args) -> None:
+    """Arguments, input and output files of ``continue`` before the audio is read or a model loaded."""
+    from ..validation import AUDIO_FORMATS, check_input_file, check_output_file
+
+    check_args(args)
+    check_input_file(args.audio, "--audio")
+    check_output_file(args.out, formats=AUDIO_FORMATS, inputs=[args.audio], what="--out")
+    if args.plan_out:
+        check_output_file(args.plan_out, inputs=[args.audio, args.out], what="--plan-out")
+
+
 def cmd_dub(args) -> int:
     from ..models.config import locate
     from ..tasks.dubbing import dub_video, dubbing_plan, max_clip_seconds_for, max_scene_seconds, write_text_atomic
-    from ..errors import AudioStoryError
     from ..pipeline import resolve_device
-    from ..stages.plan import StoryPlan
 
+    given_plan = check_dub_args(args)
     hooks, close = tqdm_hooks(not args.quiet)
     try:
         paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
@@ -130,11 +155,8 @@ def cmd_dub(args) -> int:
                 print(scenes.to_json())
             return 0
         pipe = pipeline(args)
-        if args.plan:
-            try:
-                plan = StoryPlan.from_json(Path(args.plan).read_text())
-            except OSError as e:
-                raise AudioStoryError(f"Cannot read plan {args.plan}: {e}") from e
+        if given_plan is not None:
+            plan = given_plan
         else:
             plan = dubbing_plan(pipe.models.planner, scenes, args.brief, event_captions=args.event_captions,
                                 lead=lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks).plan
@@ -160,6 +182,7 @@ def cmd_continue(args) -> int:
     from ..errors import InputError
     from ..models.loading import Checkpoint
 
+    check_continue_args(args)
     parts = args.placeholder.split(",")
     if len(parts) != 3:
         raise InputError("--placeholder needs three comma-separated parts: open,slot,close (open/close may be empty).")

@@ -5,11 +5,15 @@ The official release is laid out as ``ckpt/AudioStory-3B/{config.yaml,pytorch_mo
 ``ckpt/flan-t5-large/``. Users rename the folders (``audiostory-3B``, ``audiostory_3b``,
 ``audiostory``), so the AudioStory folder is found by its contents, and every path written inside
 a config is resolved against the chosen model root, never against the current directory.
-``config.yaml`` is read as data: its Hydra ``_target_`` strings are never imported.
+``config.yaml`` is read as data: its Hydra ``_target_`` strings are never imported, and its
+OmegaConf ``${...}`` interpolations are resolved here (node references and ``oc.env``).
 """
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +21,7 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import ModelFilesError
+from .download import FOLDER_REPOS, cached_snapshot
 
 AUDIOSTORY_NAMES = ("AudioStory-3B", "audiostory-3B", "audiostory_3b", "audiostory-3b", "audiostory")
 FLUX_NAMES = ("Flux_detokenizer",)
@@ -30,7 +35,78 @@ LAYOUT_HELP = """Expected layout of a model root (e.g. ComfyUI/models/audiostory
   <root>/Flux_detokenizer/model.safetensors  (Oobleck VAE weights)
   <root>/Qwen2.5-3B-Instruct/                (Qwen/Qwen2.5-3B-Instruct: tokenizer, config, generation_config.json)
   <root>/flan-t5-large/                      (google/flan-t5-large, only for the CFG negative)
-Run `python -m audiostory_core download --models <root>` to fetch them."""
+Run `python -m audiostory_core download --models <root>` to fetch them (it fills the Hugging Face cache and
+links the layout; offline, `hf download <repo>` on another machine + HF_HUB_OFFLINE=1 here)."""
+
+
+# The grammar has <t5_00000>..<t5_00099> and <aud_00000>..<aud_00500> (official token budget).
+MAX_SEMANTIC = 100
+MAX_RESIDUAL = 501
+# 645 frames are the official 30 s; 4096 (~190 s per clip) is far beyond any release and still renders.
+MAX_AUDIO_SEQ_LEN = 4096
+
+_INTERP = re.compile(r"\$\{([^${}]*)\}")
+
+
+def resolve_interpolations(raw: Any, path: Path) -> Any:
+    """Resolve OmegaConf ``${a.b.0.c}``, ``${.sibling}`` and ``${oc.env:VAR[,default]}`` in a loaded YAML tree.
+
+    Hydra configs may write ``pretrained_model_name_or_path: ${paths.qwen}``; read as plain YAML that
+    string would be taken as a folder name. Anything else (custom resolvers, cycles) is a clear error.
+    """
+
+    def lookup(expr: str, parent: list) -> Any:
+        if expr.startswith("oc.env:"):
+            name, _, default = expr[len("oc.env:"):].partition(",")
+            value = os.environ.get(name.strip())
+            if value is None:
+                if not default:
+                    raise ModelFilesError(f"{path}: '${{{expr}}}' needs the environment variable {name.strip()}.")
+                value = default.strip().strip("'\"")
+            return value
+        if ":" in expr:
+            raise ModelFilesError(f"{path}: interpolation '${{{expr}}}' uses a resolver that is not supported; "
+                                  "write the value itself into config.yaml.")
+        if expr.startswith("."):
+            dots = len(expr) - len(expr.lstrip("."))
+            base = parent[-dots] if dots <= len(parent) else None
+            keys = expr[dots:].split(".") if expr[dots:] else []
+        else:
+            base, keys = raw, expr.split(".")
+        cur = base
+        for k in keys:
+            try:
+                cur = cur[int(k)] if isinstance(cur, list) else cur[k]
+            except (KeyError, IndexError, ValueError, TypeError):
+                raise ModelFilesError(f"{path}: interpolation '${{{expr}}}' points at nothing "
+                                      f"('{k}' not found).") from None
+        return cur
+
+    def resolve(value: Any, parent: list, depth: int) -> Any:
+        if depth > 32:
+            raise ModelFilesError(f"{path}: interpolations refer to each other in a cycle.")
+        if isinstance(value, dict):
+            return {k: resolve(v, parent + [value], depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, parent + [value], depth) for v in value]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        whole = _INTERP.fullmatch(value)
+        if whole:
+            return resolve(lookup(whole.group(1).strip(), parent), parent, depth + 1)
+        out = _INTERP.sub(lambda m: str(resolve(lookup(m.group(1).strip(), parent), parent, depth + 1)), value)
+        if "${" in out:
+            raise ModelFilesError(f"{path}: cannot resolve the interpolation in '{value}'.")
+        return out
+
+    return resolve(raw, [], 0)
+
+
+def _positive_int(value: Any, what: str, path: Path, upper: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (upper and value > upper):
+        bound = f" (at most {upper})" if upper else ""
+        raise ModelFilesError(f"{path}: {what} must be a positive integer{bound}, got {value!r}.")
+    return value
 
 
 def is_audiostory_dir(p: Path) -> bool:
@@ -130,6 +206,7 @@ class AudioStoryConfig:
             raise ModelFilesError(f"Cannot read {path}: {e}") from e
         if not isinstance(raw, dict):
             raise ModelFilesError(f"{path} is not a YAML mapping")
+        raw = resolve_interpolations(raw, path)
 
         def get(*keys: Any, default: Any = KeyError) -> Any:
             cur: Any = raw
@@ -144,16 +221,27 @@ class AudioStoryConfig:
             return cur
 
         peft = get("llm_model", "peft_config")
-        lora = LoraSpec(r=int(peft["r"]), alpha=float(peft.get("lora_alpha", peft["r"])),
+        if not isinstance(peft, dict) or "r" not in peft:
+            raise ModelFilesError(f"{path}: llm_model.peft_config must be a mapping with the LoRA rank 'r'.")
+        lora = LoraSpec(r=_positive_int(peft["r"], "llm_model.peft_config.r", path),
+                        alpha=float(peft.get("lora_alpha", peft["r"])),
                         target_modules=tuple(peft.get("target_modules") or ()),
                         modules_to_save=tuple(peft.get("modules_to_save") or ()))
         tok = get("tokenizer", default={}) or {}
+        dims = get("agent_model", "model_dims", default=None)
+        if dims is None:
+            raise ModelFilesError(f"{path} lacks 'agent_model.model_dims' (the LLM hidden size, 2048 for "
+                                  "Qwen2.5-3B). Add it; it must equal hidden_size in the base model's config.json.")
+        n_sem = _positive_int(get("train_dataset", "datapipes", 0, "num_t5_out_tokens"),
+                              "train_dataset.datapipes[0].num_t5_out_tokens (N)", path, MAX_SEMANTIC)
+        n_res = _positive_int(get("train_dataset", "datapipes", 0, "num_aud_out_tokens"),
+                              "train_dataset.datapipes[0].num_aud_out_tokens (M)", path, MAX_RESIDUAL)
         return cls(
-            n_semantic=int(get("train_dataset", "datapipes", 0, "num_t5_out_tokens")),
-            n_residual=int(get("train_dataset", "datapipes", 0, "num_aud_out_tokens")),
+            n_semantic=n_sem,
+            n_residual=n_res,
             t5_feature_scale=float(get("agent_model", "t5_feature_scale", default=10.0)),
-            model_dims=int(get("agent_model", "model_dims", default=5120)),
-            vocab_size=int(get("llm_model", "vocab_size")),
+            model_dims=_positive_int(dims, "agent_model.model_dims", path),
+            vocab_size=_positive_int(get("llm_model", "vocab_size"), "llm_model.vocab_size", path),
             lora=lora,
             qwen_path=str(get("llm_model", "model", "pretrained_model_name_or_path")),
             tokenizer_path=tok.get("pretrained_model_path"),
@@ -182,8 +270,23 @@ class FluxConfig:
             raw = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ModelFilesError(f"Cannot read {path}: {e}") from e
+        if not isinstance(raw, dict):
+            raise ModelFilesError(f"{path} must be a JSON object (the Flux_detokenizer config).")
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
-        return cls(**known)
+        cfg = cls(**known)
+        for name in ("num_layers", "num_single_layers", "in_channels", "attention_head_dim",
+                     "joint_attention_dim", "num_attention_heads"):
+            _positive_int(getattr(cfg, name), name, path)
+        _positive_int(cfg.audio_seq_len, "audio_seq_len (latent frames per clip, 645 in the release)", path,
+                      MAX_AUDIO_SEQ_LEN)
+        md = cfg.max_duration
+        if isinstance(md, bool) or not isinstance(md, (int, float)) or not math.isfinite(md) or md <= 0:
+            raise ModelFilesError(f"{path}: max_duration must be a positive number of seconds (30 in the "
+                                  f"release), got {md!r}.")
+        cfg.max_duration = float(md)
+        if not isinstance(cfg.text_encoder_name, str) or not cfg.text_encoder_name:
+            raise ModelFilesError(f"{path}: text_encoder_name must name the flan-t5 folder.")
+        return cfg
 
 
 @dataclass
@@ -205,9 +308,31 @@ class ModelPaths:
     @property
     def flux_config(self) -> Path: return self.flux_dir / "config.json"
     @property
-    def vae_weights(self) -> Path: return self.flux_dir / "model.safetensors"
+    def vae_weights(self) -> Path:
+        # TangoFlux's own repo (e.g. a Hugging Face cache snapshot) names the file vae.safetensors.
+        own = self.flux_dir / "vae.safetensors"
+        return own if own.is_file() and not (self.flux_dir / "model.safetensors").exists() \
+            else self.flux_dir / "model.safetensors"
     @property
     def vae_config(self) -> Path: return self.flux_dir / "vae_config.json"
+
+
+def hub_id_for(written: str) -> Optional[str]:
+    """The hub repo a config path means: ``google/flan-t5-large`` itself, or a layout folder's repo."""
+    p = Path(written)
+    if not p.is_absolute() and len(p.parts) == 2 and p.parts[0] not in ("ckpt", ".", ".."):
+        return written
+    return FOLDER_REPOS.get(p.name)
+
+
+def resolve_from_cache(*written: str) -> Optional[Path]:
+    """A hub id (or the repo of a layout folder name) resolved from the local Hugging Face cache."""
+    for w in written:
+        repo = hub_id_for(w) if w else None
+        snap = cached_snapshot(repo) if repo else None
+        if snap is not None:
+            return snap
+    return None
 
 
 def locate(root: str | Path, *, audiostory_dir: str | Path | None = None, flux_dir: str | Path | None = None,
@@ -230,7 +355,7 @@ def locate(root: str | Path, *, audiostory_dir: str | Path | None = None, flux_d
         fd = resolve_in_root(root, "ckpt/Flux_detokenizer")
         if fd is None or not is_flux_dir(fd):
             cands = [c for c in _children(root) if is_flux_dir(c)]
-            fd = cands[0] if cands else None
+            fd = cands[0] if cands else resolve_from_cache("ckpt/Flux_detokenizer")
         if fd is None:
             raise ModelFilesError(
                 f"No Flux_detokenizer folder (config.json with audio_seq_len + model.safetensors) under {root}.\n"
@@ -242,7 +367,8 @@ def locate(root: str | Path, *, audiostory_dir: str | Path | None = None, flux_d
     def _need(override, written: str, what: str, fallback_name: str) -> Path:
         if override:
             return Path(override)
-        p = resolve_in_root(root, written) or resolve_in_root(root, fallback_name)
+        p = (resolve_in_root(root, written) or resolve_in_root(root, fallback_name)
+             or resolve_from_cache(written, fallback_name))
         if p is None:
             raise ModelFilesError(
                 f"{what} folder '{written}' (written in the config) was not found under {root}. "
@@ -255,10 +381,8 @@ def locate(root: str | Path, *, audiostory_dir: str | Path | None = None, flux_d
         tok = Path(tokenizer_dir)
     else:
         tok = (resolve_in_root(root, cfg.tokenizer_path) if cfg.tokenizer_path else None) or qwen
-    added = None
-    if cfg.added_tokens_path:
-        added = resolve_in_root(root, cfg.added_tokens_path)
-    if added is None and (tok / "added_tokens.json").is_file():
-        added = tok / "added_tokens.json"
+    # Only the file the config names is the official token order; a tokenizer folder's own
+    # added_tokens.json (written by save_pretrained) is not checked, its ids are.
+    added = resolve_in_root(root, cfg.added_tokens_path) if cfg.added_tokens_path else None
     return ModelPaths(root=root, audiostory_dir=as_dir, flux_dir=flux_dir, qwen_dir=qwen, t5_dir=t5,
                       tokenizer_dir=tok, added_tokens_json=added)

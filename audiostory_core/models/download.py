@@ -1,53 +1,216 @@
-"""Fetch the public weights into the official layout with ``huggingface_hub``."""
+"""Fetch the public weights into the Hugging Face cache, then link them into the official layout.
+
+Files live once, in the ordinary Hugging Face cache (``HF_HUB_CACHE``), so other tools share them,
+``HF_HUB_OFFLINE=1`` works from a pre-filled cache and a second ``download`` fetches nothing. The
+official layout (``<root>/AudioStory-3B/`` ...) is made of symlinks into the cache (hard links or
+copies where symlinks are impossible) and is built in a temporary folder that is renamed into place,
+so an interrupted download never leaves a half-written layout.
+"""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from ..errors import ModelFilesError
 
-# (key, repo id, target folder, allow patterns, note)
-SOURCES = [
-    ("audiostory", "TencentARC/AudioStory-3B", "AudioStory-3B", ["*.yaml", "*.bin", "*.json", "*.md"],
-     "config.yaml + pytorch_model.bin"),
-    ("qwen", "Qwen/Qwen2.5-3B-Instruct", "Qwen2.5-3B-Instruct", None, "base LLM, tokenizer, generation_config.json"),
-    ("t5", "google/flan-t5-large", "flan-t5-large",
-     ["*.json", "*.model", "*.safetensors", "spiece.model"], "T5 encoder for the CFG negative"),
-    ("vae", "declare-lab/TangoFlux", "Flux_detokenizer", ["config.json", "vae.safetensors"],
-     "config.json + Oobleck VAE (vae.safetensors -> model.safetensors)"),
-]
+
+@dataclass(frozen=True)
+class Source:
+    key: str
+    repo: str
+    folder: str
+    patterns: Optional[tuple[str, ...]]
+    note: str
+    renames: tuple[tuple[str, str], ...] = ()
+    optional: bool = False      # fetched only when named in ``only`` (not needed to generate)
+
+
+SOURCES = (
+    Source("audiostory", "TencentARC/AudioStory-3B", "AudioStory-3B", ("*.yaml", "*.bin", "*.json", "*.md"),
+           "config.yaml + pytorch_model.bin"),
+    Source("qwen", "Qwen/Qwen2.5-3B-Instruct", "Qwen2.5-3B-Instruct",
+           ("*.json", "*.safetensors", "merges.txt", "vocab.json", "*.md", "LICENSE"),
+           "base LLM, tokenizer, generation_config.json"),
+    Source("t5", "google/flan-t5-large", "flan-t5-large", ("*.json", "*.safetensors", "spiece.model"),
+           "T5 encoder for the CFG negative"),
+    Source("vae", "declare-lab/TangoFlux", "Flux_detokenizer", ("config.json", "vae.safetensors", "vae_config.json"),
+           "config.json + Oobleck VAE (vae.safetensors -> model.safetensors)",
+           renames=(("vae.safetensors", "model.safetensors"),)),
+    Source("clap", "laion/clap-htsat-unfused", "clap-htsat-unfused",
+           ("*.json", "merges.txt", "pytorch_model.bin"), "CLAP for `score` (optional: --only clap)",
+           optional=True),
+)
+# Layout folder name -> hub repo, so a config's ``ckpt/Qwen2.5-3B-Instruct`` also resolves from the cache.
+FOLDER_REPOS = {s.folder: s.repo for s in SOURCES}
+
+
+def hf_command(src: Source, revision: Optional[str] = None) -> str:
+    """The current ``hf download`` command (huggingface_hub >= 0.34) for one repo."""
+    inc = " ".join(f"--include '{p}'" for p in (src.patterns or ()))
+    rev = f" --revision {revision}" if revision else ""
+    return f"hf download {src.repo}{rev} {inc}".rstrip()
 
 
 def layout_help(root: Path) -> str:
-    lines = [f"Put the files here by hand (from a machine with network access):"]
-    for _, repo, folder, _, note in SOURCES:
-        lines.append(f"  https://huggingface.co/{repo} -> {root / folder}/   ({note})")
+    lines = ["Fetch them on a machine with network access (into the Hugging Face cache, then copy the cache "
+             "folder or set HF_HUB_CACHE), then run the download command again with HF_HUB_OFFLINE=1:"]
+    for s in SOURCES:
+        lines.append(f"  {hf_command(s)}   # -> {root / s.folder}/ ({s.note})")
     return "\n".join(lines)
 
 
-def download_all(root: Path, only: Optional[Sequence[str]] = None) -> None:
+def cached_snapshot(repo: str, revision: Optional[str] = None) -> Optional[Path]:
+    """The snapshot folder of ``repo`` in the local Hugging Face cache, or None. Never uses the network."""
     try:
         from huggingface_hub import snapshot_download
+
+        p = Path(snapshot_download(repo_id=repo, revision=revision, local_files_only=True))
+    except Exception:  # not cached, or no huggingface_hub: the caller reports what is missing
+        return None
+    return p if p.is_dir() else None
+
+
+def _fetch(src: Source, revision: Optional[str]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = list(src.patterns) if src.patterns else None
+    try:
+        return Path(snapshot_download(repo_id=src.repo, revision=revision, allow_patterns=patterns))
+    except Exception as e:
+        cached = cached_snapshot(src.repo, revision)  # offline or hub down: a complete cache still serves
+        if cached is not None and _files(cached, src):
+            print(f"  {src.repo}: using the cached snapshot ({type(e).__name__}: {e})", file=sys.stderr)
+            return cached
+        raise
+
+
+def _files(snapshot: Path, src: Source) -> list[Path]:
+    from fnmatch import fnmatch
+
+    out = []
+    for p in sorted(snapshot.rglob("*")):
+        rel = p.relative_to(snapshot).as_posix()
+        if p.is_file() and (not src.patterns or any(fnmatch(rel, pat) for pat in src.patterns)):
+            out.append(p)
+    return out
+
+
+def _link(src: Path, dst: Path) -> str:
+    """Symlink ``dst`` to the cached file; a hard link, then a copy, where that is impossible."""
+    target = src.resolve()
+    try:
+        os.symlink(target, dst)
+        return "symlink"
+    except (OSError, NotImplementedError):
+        pass
+    try:
+        os.link(target, dst)
+        return "hardlink"
+    except OSError:
+        shutil.copy2(target, dst)
+        return "copy"
+
+
+def _edit_vae_config(path: Path) -> None:
+    """TangoFlux names the text encoder by hub id; the layout has it next door as ``flan-t5-large``."""
+    cfg = json.loads(path.read_text())
+    cfg["text_encoder_name"] = "flan-t5-large"
+    if path.is_symlink():
+        path.unlink()
+    path.write_text(json.dumps(cfg, indent=2))
+
+
+def _same_layout(target: Path, plan: Mapping[str, Path]) -> bool:
+    """True when ``target`` already links every planned file to the same cached file."""
+    try:
+        for name, src in plan.items():
+            dst = target / name
+            if not dst.exists() or (dst.is_symlink() and dst.resolve() != src.resolve()):
+                return False
+            if not dst.is_symlink() and dst.stat().st_size != src.stat().st_size and name != "config.json":
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def build_layout(snapshot: Path, src: Source, target: Path) -> bool:
+    """Link the snapshot's files into ``target`` atomically; returns False when it was already there."""
+    plan = {}
+    renames = dict(src.renames)
+    for f in _files(snapshot, src):
+        rel = f.relative_to(snapshot).as_posix()
+        plan[renames.get(rel, rel)] = f
+    if not plan:
+        raise ModelFilesError(f"The cached snapshot {snapshot} of {src.repo} holds none of {list(src.patterns or [])}.")
+    if _same_layout(target, plan):
+        return False
+    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for name, f in plan.items():
+            dst = tmp / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _link(f, dst)
+        if src.key == "vae" and (tmp / "config.json").exists():
+            _edit_vae_config(tmp / "config.json")
+        if target.exists() or target.is_symlink():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            os.replace(old, target)  # put the previous layout back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def _clean_stale(root: Path) -> None:
+    """Remove temp folders of an earlier interrupted run."""
+    for p in root.glob(".*.partial-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def download_all(root: Path, only: Optional[Sequence[str]] = None,
+                 revisions: Optional[Mapping[str, str]] = None,
+                 fetch: Callable[[Source, Optional[str]], Path] = _fetch) -> dict[str, Path]:
+    """Fill the cache and link the layout for every (or ``only`` the named) component.
+
+    ``revisions`` pins a repo (key or repo id -> branch, tag or commit). Returns folder -> snapshot.
+    """
+    try:
+        import huggingface_hub  # noqa: F401
     except ImportError as e:  # pragma: no cover
         raise ModelFilesError("huggingface_hub is not installed: pip install huggingface_hub") from e
+    revisions = dict(revisions or {})
+    known = {s.key for s in SOURCES} | {s.repo for s in SOURCES}
+    bad = sorted(set(revisions) - known) + sorted(set(only or ()) - {s.key for s in SOURCES})
+    if bad:
+        raise ModelFilesError(f"Unknown component(s) {bad}; choose from {sorted(s.key for s in SOURCES)}.")
     root.mkdir(parents=True, exist_ok=True)
-    for key, repo, folder, patterns, _ in SOURCES:
-        if only and key not in only:
+    _clean_stale(root)
+    done: dict[str, Path] = {}
+    for src in SOURCES:
+        if (only and src.key not in only) or (not only and src.optional):
             continue
-        target = root / folder
-        print(f"downloading {repo} -> {target}", file=sys.stderr)
+        rev = revisions.get(src.key) or revisions.get(src.repo)
+        target = root / src.folder
+        print(f"{src.repo}{'@' + rev if rev else ''} -> Hugging Face cache -> {target}", file=sys.stderr)
         try:
-            snapshot_download(repo_id=repo, local_dir=str(target), allow_patterns=patterns)
+            snap = fetch(src, rev)
         except Exception as e:
-            raise ModelFilesError(f"Could not download {repo}: {type(e).__name__}: {e}\n{layout_help(root)}") from e
-        if key == "vae":
-            vae = target / "vae.safetensors"
-            if vae.is_file():
-                vae.replace(target / "model.safetensors")
-            # TangoFlux names the text encoder by hub id; point it at the local folder.
-            import json
-            cfg_path = target / "config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["text_encoder_name"] = "flan-t5-large"
-            cfg_path.write_text(json.dumps(cfg, indent=2))
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            why = ("HF_HUB_OFFLINE is set and the cache lacks it" if offline
+                   else f"{type(e).__name__}: {e}")
+            raise ModelFilesError(f"Could not download {src.repo} ({why}).\n{layout_help(root)}") from e
+        changed = build_layout(snap, src, target)
+        print(f"  {'linked' if changed else 'already linked'}: {target} -> {snap}", file=sys.stderr)
+        done[src.folder] = snap
+    return done

@@ -36,8 +36,15 @@ def fingerprint(paths: list[Path]) -> str:
 
 
 def cache_dirs(weights_dir: Path) -> list[Path]:
-    user = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "audiostory"))
-    return [weights_dir, user / fingerprint([weights_dir])]
+    """Where the cache is looked for and written, in order.
+
+    ``AUDIOSTORY_CACHE`` (when set) comes first, then the model folder, then ``~/.cache/audiostory``
+    (used when the model folder cannot be written, for whatever reason).
+    """
+    sub = fingerprint([weights_dir])
+    env = os.environ.get(CACHE_ENV)
+    dirs = [Path(env).expanduser() / sub] if env else []
+    return dirs + [weights_dir, Path.home() / ".cache" / "audiostory" / sub]
 
 
 def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
@@ -57,7 +64,10 @@ def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
         model = T5EncoderModel(config)
         state = {k[len(T5_PREFIX):]: v for k, v in t5_weights.items() if k.startswith(T5_PREFIX)}
         from .weights import strict_load
-        strict_load(model, state, f"T5 encoder weights ({T5_PREFIX}*)", torch.float32, assign=False)
+        # T5 ties encoder.embed_tokens to shared; writers (safetensors, TangoFlux) store the pair once, and
+        # transformers 5 lists only one of them in state_dict(): the other is then an ignorable extra.
+        strict_load(model, state, f"T5 encoder weights ({T5_PREFIX}*)", torch.float32, assign=False, strict=False,
+                    tied={"encoder.embed_tokens.weight": "shared.weight", "shared.weight": "encoder.embed_tokens.weight"})
     else:
         try:
             from .dtypes import dtype_kwarg
@@ -101,6 +111,10 @@ def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch
             save_file({"null_embedding": emb.contiguous()}, str(tmp), metadata={"fingerprint": fp})
             os.replace(tmp, d / name)
             return emb, d / name
-        except OSError:
+        except Exception:  # read-only folder, full disk, SafetensorError...: try the next place
+            try:
+                (d / (name + ".tmp")).unlink(missing_ok=True)
+            except OSError:
+                pass
             continue
     return emb, None

@@ -18,22 +18,31 @@ def build_tokenizer(tokenizer_dir: Path, added_tokens_json: Optional[Path], voca
     """
     from transformers import AutoTokenizer
 
+    cfg_file = Path(tokenizer_dir) / "tokenizer_config.json"
+    if not cfg_file.is_file():
+        raise ModelFilesError(f"{cfg_file} is missing. The tokenizer folder needs the Qwen2.5 tokenizer files "
+                              "(tokenizer_config.json, tokenizer.json or vocab.json + merges.txt).")
     try:
         tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     except Exception as e:
-        raise ModelFilesError(f"Cannot load the tokenizer from {tokenizer_dir}: {e}. It is the Qwen2.5 "
+        why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise ModelFilesError(f"Cannot load the tokenizer from {tokenizer_dir}: {why}. It is the Qwen2.5 "
                               "tokenizer (tokenizer.json / vocab.json + merges.txt, tokenizer_config.json).") from e
     names = added_tokens()
-    if added_tokens_json is not None:
+    vocab = tok.get_vocab()  # one call: it builds a 150k-entry dict each time
+    already = [n for n in names if n in vocab]
+    if added_tokens_json is not None and not already:
+        # The key order of the config's add_tokens_path file assigns the ids (add_tokens(list(keys))).
+        # A tokenizer that already holds the tokens (re-saved) is judged by its ids below instead.
         try:
             file_names = list(json.loads(Path(added_tokens_json).read_text()).keys())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelFilesError(f"Cannot read {added_tokens_json}: {e}") from e
+        except (OSError, AttributeError, json.JSONDecodeError) as e:
+            raise ModelFilesError(f"Cannot read {added_tokens_json} (add_tokens_path in config.yaml): {e}") from e
         if file_names != names:
-            raise ModelFilesError(f"{added_tokens_json} does not list the 612 AudioStory tokens in the official "
-                                  "order; remove it to use the built-in list.")
+            raise ModelFilesError(f"{added_tokens_json} (add_tokens_path in config.yaml) does not list the 612 "
+                                  "AudioStory tokens in the official order, which assigns their ids; use the "
+                                  "file from the release or remove add_tokens_path to use the built-in list.")
     base = len(tok)
-    already = [n for n in names if n in tok.get_vocab()]
     if already and len(already) != len(names):
         raise ModelFilesError(f"Tokenizer in {tokenizer_dir} already holds some AudioStory tokens ({already[:3]}...)"
                               " but not all; use the plain Qwen2.5 tokenizer.")

@@ -15,8 +15,9 @@ import torch
 from ..atomic import atomic_write
 from ..errors import InputError
 from ..progress import Hooks, as_hooks
+from ..validation import CROSSFADES, check_finite
 
-CROSSFADES = ("linear", "equal_power")
+AUDIO_CAUSE = "VAE weights that are not finite or latents out of range (with fp16, try --dtype fp32 or bf16)"
 
 
 @torch.no_grad()
@@ -52,8 +53,8 @@ def crossfade_concat(clips: Sequence[torch.Tensor], sample_rate: int, seconds: f
     """Join clips [C, S] with a crossfade of ``seconds``; total = sum(len) - (n-1) * fade samples."""
     if curve not in CROSSFADES:
         raise InputError(f"crossfade curve must be one of {CROSSFADES}, got {curve!r}")
-    if seconds < 0:
-        raise InputError("crossfade must be >= 0 s")
+    if not seconds >= 0:
+        raise InputError(f"crossfade must be >= 0 s, got {seconds}")
     if not clips:
         return torch.empty(0, dtype=torch.float32)
     proc = [c.unsqueeze(0) if c.dim() == 1 else c for c in clips]
@@ -77,18 +78,47 @@ def crossfade_concat(clips: Sequence[torch.Tensor], sample_rate: int, seconds: f
     return result
 
 
+def write_wav_float32(path: str | Path, data, sample_rate: int) -> None:
+    """A float32 WAV (WAVE_FORMAT_IEEE_FLOAT, fmt + fact + data) from [S, C] numpy data.
+
+    Written by hand instead of libsndfile, whose PEAK chunk carries a timestamp: this way the same
+    audio always gives the same bytes. Any WAV reader (libsndfile, FFmpeg, Python's readers) opens it.
+    """
+    import struct
+
+    import numpy as np
+
+    data = np.ascontiguousarray(data, dtype="<f4")
+    frames, channels = data.shape
+    payload = data.tobytes()
+    if len(payload) > 0xFFFFFFFF - 64:
+        raise InputError(f"{Path(path).name}: {len(payload) / 2**30:.1f} GiB of audio is too large for WAV "
+                         "(4 GiB limit); write .flac or a shorter story.")
+    fmt = struct.pack("<HHIIHHH", 3, channels, int(sample_rate), int(sample_rate) * channels * 4, channels * 4, 32, 0)
+    fact = struct.pack("<I", frames)
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<I", len(fact)) + fact
+            + b"data" + struct.pack("<I", len(payload)))
+    with open(path, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", len(body) + len(payload)) + body)
+        f.write(payload)
+
+
 def write_audio(path: str | Path, wave: torch.Tensor, sample_rate: int, fmt: Optional[str] = None) -> Path:
-    """Write [C, S] float audio atomically (temp file + rename): WAV float32 or FLAC 24-bit."""
+    """Write [C, S] float audio atomically (temp file + rename): WAV float32 or FLAC 24-bit.
+
+    Non-finite audio is refused (nothing is written); the same audio always gives the same bytes.
+    """
     import soundfile as sf
 
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".") or "wav").lower()
     if fmt not in ("wav", "flac"):
         raise InputError(f"Unsupported audio format {fmt!r}; use wav or flac.")
+    check_finite(wave, "decoded audio", AUDIO_CAUSE)
     data = wave.detach().cpu().float().numpy().T
     with atomic_write(path) as tmp:
         if fmt == "wav":
-            sf.write(str(tmp), data, sample_rate, subtype="FLOAT", format="WAV")
+            write_wav_float32(tmp, data, sample_rate)
         else:
             sf.write(str(tmp), data.clip(-1, 1), sample_rate, subtype="PCM_24", format="FLAC")
     return path

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, Union
+
+from ..errors import InputError
 
 T5_OPEN, T5_CLOSE, T5_QUERY = "<t5>", "</t5>", "<t5_{:05d}>"
 AUD_OPEN, AUD_CLOSE, AUD_QUERY = "<aud>", "</aud>", "<aud_{:05d}>"
@@ -132,9 +134,12 @@ def lead_phrase(choice: str | int | None, seed: int = 0) -> str:
         return ""
     if choice == "random":
         return random.Random(seed).choice(LEAD_PHRASES)
-    idx = int(choice)
-    if not 0 <= idx < len(LEAD_PHRASES):
-        raise ValueError(f"lead phrase index must be 0..{len(LEAD_PHRASES) - 1}, got {idx}")
+    try:
+        idx = int(choice)
+    except (TypeError, ValueError):
+        idx = None
+    if idx is None or isinstance(choice, bool) or not 0 <= idx < len(LEAD_PHRASES):
+        raise InputError(f"lead phrase must be none, random or an index 0..{len(LEAD_PHRASES) - 1}, got {choice!r}.")
     return LEAD_PHRASES[idx]
 
 
@@ -151,6 +156,76 @@ def build_instruction(description: str, total_duration: float, lead: str = "") -
 def build_prompt(instruction: str) -> str:
     """System + user turn + ``<|im_start|>assistant\\n<|think|>``, encoded without special tokens."""
     return SYSTEM_MESSAGE + USER_TURN.format_map({"instruction": instruction}) + ASSISTANT_START
+
+
+# ---------------------------------------------------------------- escaping user text
+def encode_plain(tokenizer, text: str) -> list[int]:
+    """Ids of ``text`` as plain text: typed ``<|im_end|>``, ``<|gen|>``, ``<t5_00000>`` ... never become
+    control ids (no special or added token is matched), so user text cannot close its turn or forge events.
+
+    Text holding no added-token string gets exactly the ids of ``tokenizer.encode`` (the same normalizer,
+    pre-tokenizer and BPE model; only the added-vocabulary matching is skipped).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and getattr(backend, "model", None) is not None:
+        norm = backend.normalizer.normalize_str(text) if backend.normalizer is not None else text
+        pieces = backend.pre_tokenizer.pre_tokenize_str(norm) if backend.pre_tokenizer is not None else [(norm, None)]
+        return [t.id for piece, _ in pieces for t in backend.model.tokenize(piece)]
+    # Slow (pure Python) tokenizers: their _tokenize runs the BPE without the added-token trie.
+    import unicodedata
+
+    return tokenizer.convert_tokens_to_ids(tokenizer._tokenize(unicodedata.normalize("NFC", text)))
+
+
+def encode_template(tokenizer, parts: Sequence[tuple[str, bool]]) -> list[int]:
+    """Concatenate ``(text, is_user_text)`` parts: template parts are encoded normally (their control
+    tokens are real), user parts with :func:`encode_plain`.
+
+    Control tokens split the text into independently encoded chunks, so as long as every user part is
+    bounded by control tokens (as in the chat template) the ids equal those of encoding the joined string.
+    """
+    ids: list[int] = []
+    for text, user in parts:
+        if not text:
+            continue
+        ids += encode_plain(tokenizer, text) if user else tokenizer.encode(text, add_special_tokens=False)
+    return ids
+
+
+def encode_user_turn(tokenizer, user_text: Union[str, Sequence[tuple[str, bool]]],
+                     tail: str = ASSISTANT_START) -> list[int]:
+    """``<|im_start|>user\\n{user_text}<|im_end|>\\n`` + ``tail`` with the user text escaped.
+
+    ``user\\n{user_text}`` is one chunk between ``<|im_start|>`` and ``<|im_end|>``, exactly the chunk the
+    official ``tokenizer.encode(prompt)`` sees, so ordinary text gives identical ids. ``user_text`` may
+    also be ``(text, is_user_text)`` segments, e.g. audio placeholders (control tokens) + the instruction.
+    """
+    segments = [(user_text, True)] if isinstance(user_text, str) else list(user_text)
+    parts: list[tuple[str, bool]] = [("<|im_start|>", False), ("user\n", True)]
+    for text, user in segments:
+        if user and parts[-1][1]:
+            parts[-1] = (parts[-1][0] + text, True)   # adjacent user text is one chunk, as in the official string
+        else:
+            parts.append((text, user))
+    parts.append(("<|im_end|>\n" + tail, False))
+    return encode_template(tokenizer, parts)
+
+
+def encode_prompt(tokenizer, instruction: Union[str, Sequence[tuple[str, bool]]]) -> list[int]:
+    """The official prompt (:func:`build_prompt`) with the instruction escaped (see :func:`encode_user_turn`)."""
+    return tokenizer.encode(SYSTEM_MESSAGE, add_special_tokens=False) + encode_user_turn(tokenizer, instruction)
+
+
+def encode_caption_span(tokenizer, text: str) -> list[int]:
+    """An event's caption span (``caption <timestamp>d</timestamp>``): the last timestamp pair (the one
+    :func:`render_caption` writes) is made of control tokens, everything else (the user's caption, even
+    if it types ``<timestamp>`` or ``<|gen|>``) is plain text."""
+    e = text.rfind(TS_CLOSE)
+    s = text.rfind(TS_OPEN, 0, e) if e != -1 else -1
+    if s == -1:
+        return encode_template(tokenizer, [(text, True)])
+    return encode_template(tokenizer, [(text[:s], True), (TS_OPEN, False), (text[s + len(TS_OPEN):e], True),
+                                       (TS_CLOSE, False), (text[e + len(TS_CLOSE):], True)])
 
 
 # ---------------------------------------------------------------- captions

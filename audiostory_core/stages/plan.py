@@ -10,6 +10,7 @@ event tokens of an unedited plan come straight from generation.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -17,9 +18,11 @@ import torch
 
 from ..errors import InputError, PlanError
 from .processors import apply_processors, repetition_penalty
-from .grammar import (TokenIds, build_instruction, build_prompt, parse_transcript, render_caption,
-                      split_caption)
+from .grammar import (TokenIds, build_instruction, encode_caption_span, encode_plain, encode_prompt,
+                      parse_transcript, render_caption, split_caption)
 from ..progress import Hooks, as_hooks
+from ..validation import (MAX_EVENTS, check_event, check_instruction, check_max_new_tokens, check_plan_events,
+                          check_total_duration, check_transcript_ids)
 
 PLAN_FORMAT = "audiostory-plan/1"
 
@@ -63,18 +66,15 @@ class StoryPlan:
         if not isinstance(events_in, list) or not events_in:
             raise PlanError("'events' must be a non-empty list of {\"caption\": str, \"duration\": seconds}.")
         events = []
+        if len(events_in) > MAX_EVENTS:
+            raise PlanError(f"The plan has {len(events_in)} events; the limit is {MAX_EVENTS}.")
         for i, e in enumerate(events_in):
             where = f"events[{i}]"
             if not isinstance(e, dict):
                 raise PlanError(f"{where} must be an object with 'caption' and 'duration'.")
             cap = e.get("caption")
-            if not isinstance(cap, str) or not cap.strip():
-                raise PlanError(f"{where}.caption must be a non-empty string.")
             dur = e.get("duration")
-            if isinstance(dur, bool) or not isinstance(dur, (int, float)):
-                raise PlanError(f"{where}.duration must be a number of seconds, got {dur!r}.")
-            if not dur > 0:
-                raise PlanError(f"{where}.duration must be > 0 s, got {dur}.")
+            check_event(cap, dur, where)
             if max_event_seconds is not None and dur > max_event_seconds:
                 raise PlanError(f"{where}.duration {dur} s is longer than one clip can hold "
                                 f"({max_event_seconds:.2f} s); split the event in two.")
@@ -85,13 +85,17 @@ class StoryPlan:
             events.append(StoryEvent(caption=cap.strip(), duration=float(dur),
                                      text=text if isinstance(text, str) else None, span=span))
         ids = d.get("transcript_ids") or []
-        if not isinstance(ids, list) or not all(isinstance(x, int) for x in ids):
+        if not isinstance(ids, list):
             raise PlanError("'transcript_ids' must be a list of token ids (or be left out).")
+        check_transcript_ids(ids)
         instr = d.get("instruction", "")
         reasoning = d.get("reasoning", "")
         if not isinstance(instr, str) or not isinstance(reasoning, str):
             raise PlanError("'instruction' and 'reasoning' must be strings.")
         total = d.get("total_duration")
+        check_plan_events([e.caption for e in events], [e.duration for e in events])
+        if isinstance(total, bool) or not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
+            total = None
         return cls(instruction=instr, reasoning=reasoning, events=events,
                    total_duration=float(total) if isinstance(total, (int, float)) else None,
                    transcript_ids=list(ids), problems=list(d.get("problems") or []))
@@ -142,16 +146,15 @@ class PlanResult:
     hidden: Optional[torch.Tensor] = None   # [len(transcript)-?, H] last-layer states of fed generated tokens
 
 
-def validate_instruction(description: str, total_duration: float, max_total: float = 600.0) -> None:
-    if not isinstance(description, str) or not description.strip():
-        raise InputError("The instruction is empty. Describe the story, e.g. "
-                         "'A fire truck leaves the station with sirens blaring and drives away.'")
-    if not (total_duration > 0) or total_duration > max_total:
-        raise InputError(f"Total duration must be in (0, {max_total:g}] seconds, got {total_duration}.")
+def validate_instruction(description: str, total_duration: float) -> None:
+    """Empty or over-long instruction, total outside (0, 600] s: a clear :class:`InputError`."""
+    check_instruction(description)
+    check_total_duration(total_duration, "Total duration")
 
 
 def prompt_ids_for(tokenizer, instruction: str) -> list[int]:
-    return tokenizer.encode(build_prompt(instruction), add_special_tokens=False)
+    """The official chat prompt; the instruction is user text, so typed control tokens stay plain text."""
+    return encode_prompt(tokenizer, instruction)
 
 
 @torch.no_grad()
@@ -173,9 +176,7 @@ def generate_plan(planner, description: str, total_duration: float, *, lead: str
     tok, ids = planner.tokenizer, planner.ids
     instruction = build_instruction(description, total_duration, lead)
     prompt = context.prompt_ids if context is not None else prompt_ids_for(tok, instruction)
-    limit = int(max_new_tokens if max_new_tokens is not None else planner.generation.max_new_tokens)
-    if limit < 1:
-        raise InputError("max_new_tokens must be at least 1.")
+    limit = check_max_new_tokens(max_new_tokens if max_new_tokens is not None else planner.generation.max_new_tokens)
     llm = planner.llm
     dev = planner.device
     eos = set(planner.generation.eos_token_ids)
@@ -291,14 +292,14 @@ def forced_sequence(tokenizer, ids: TokenIds, plan: StoryPlan, prompt: list[int]
             first_gen = plan.events[0].span[0] if flags[0] else (tr.index(ids.gen_open) if ids.gen_open in tr else think + 1)
             body = tr[:first_gen]
         else:
-            body = tokenizer.encode(plan.reasoning, add_special_tokens=False) + [ids.think_close]
+            body = encode_plain(tokenizer, plan.reasoning) + [ids.think_close]
         for ev, ok in zip(plan.events, flags):
             if ok:
                 s, e = ev.span
                 span = tr[s:e]
             else:
                 text = render_caption(ev.caption, ev.duration, ev.text)
-                span = ([ids.gen_open] + tokenizer.encode(text, add_special_tokens=False)
+                span = ([ids.gen_open] + encode_caption_span(tokenizer, text)
                         + ids.semantic_block() + ids.residual_block() + [ids.gen_close])
             body = body + span
         reused = False

@@ -17,9 +17,11 @@ import torch
 
 from ..errors import InputError
 from ..progress import Hooks, as_hooks
+from ..validation import NOISE_MODES, SAMPLERS, check_finite, check_guidance, check_steps
 
-SAMPLERS = ("euler", "heun", "dpmpp", "unipc")
-NOISE_MODES = ("reference", "seeded")
+SEED_MODULUS = 2 ** 64   # clip i of noise=seeded uses (seed + i) mod 2**64 (torch seeds are 64-bit)
+LATENT_CAUSE = ("guidance that is not finite, a broken duration embedding (Flux_detokenizer/config.json "
+                "max_duration 0) or DiT/bridge weights that are not finite; with fp16, try --dtype fp32 or bf16")
 
 
 def reference_sigmas(steps: int) -> np.ndarray:
@@ -31,14 +33,14 @@ def make_noise(mode: str, n_events: int, seq_len: int, seed: int = 0, channels: 
     """Initial latents [E, T, 64], CPU fp32.
 
     ``reference``: every clip gets ``torch.manual_seed(0); randn(1, T, 64)`` (the official sampler
-    re-seeds on every call). ``seeded``: clip ``i`` uses seed ``seed + i``. A private generator is
-    used, so the global RNG is left untouched; the values equal those of ``torch.manual_seed``.
+    re-seeds on every call). ``seeded``: clip ``i`` uses seed ``(seed + i) mod 2**64``. A private generator
+    is used, so the global RNG is left untouched; the values equal those of ``torch.manual_seed``.
     """
     if mode not in NOISE_MODES:
         raise InputError(f"noise must be one of {NOISE_MODES}, got {mode!r}")
     out = []
     for i in range(n_events):
-        g = torch.Generator("cpu").manual_seed(0 if mode == "reference" else int(seed) + i)
+        g = torch.Generator("cpu").manual_seed(0 if mode == "reference" else (int(seed) + i) % SEED_MODULUS)
         out.append(torch.randn(1, seq_len, channels, generator=g))
     return torch.cat(out) if out else torch.empty(0, seq_len, channels)
 
@@ -75,10 +77,11 @@ class Denoiser:
 
 @torch.no_grad()
 def sample_latents(dit, tokens: torch.Tensor, null_embedding: torch.Tensor, seconds: Sequence[float], *,
-                   steps: int = 50, guidance: float = 4.0, noise: str = "reference", seed: int = 0,
+                   steps: int = 50, guidance: float = 4.0, noise: str = "seeded", seed: int = 0,
                    sampler: str = "euler", initial_noise: Optional[torch.Tensor] = None,
                    hooks: Optional[Hooks] = None, compile: Union[bool, str] = False,
-                   attention_backend: Optional[str] = None) -> torch.Tensor:
+                   attention_backend: Optional[str] = None, previous_latents: Optional[torch.Tensor] = None,
+                   render_events: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Sample ``[E, audio_seq_len, 64]`` latents (fp32, on the DiT's device) for all events in one batch.
 
     Speed options (defaults = the reference computation): ``compile`` runs the DiT step through
@@ -86,10 +89,14 @@ def sample_latents(dit, tokens: torch.Tensor, null_embedding: torch.Tensor, seco
     mode); it is only applied on CUDA, elsewhere the step stays eager. ``attention_backend`` selects
     a diffusers attention backend (``"native"`` = SDPA, ``"_native_flash"``, ``"flash"``, ``"_flash_3"``,
     ...) for this call only.
+
+    Re-roll: with ``previous_latents`` [E, T, 64] and ``render_events`` (0-based indices), only those
+    events are sampled (a batch of ``len(render_events)``, each with its own row of the noise) and the
+    other rows are copied from ``previous_latents`` unchanged, bit for bit.
     """
     hooks = as_hooks(hooks)
-    if steps < 1:
-        raise InputError("steps must be at least 1")
+    check_steps(steps)
+    check_guidance(guidance)
     if sampler not in SAMPLERS:
         raise InputError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     e = tokens.shape[0]
@@ -97,12 +104,35 @@ def sample_latents(dit, tokens: torch.Tensor, null_embedding: torch.Tensor, seco
         raise InputError(f"{e} events but {len(seconds)} durations")
     t_len = dit.config.audio_seq_len
     x = initial_noise if initial_noise is not None else make_noise(noise, e, t_len, seed)
+    if previous_latents is not None or render_events is not None:
+        idx = _render_rows(render_events, previous_latents, e, t_len)
+        out = previous_latents.detach().to(dit.device, torch.float32, copy=True)
+        if idx:
+            out[idx] = sample_latents(dit, tokens[idx], null_embedding, [seconds[i] for i in idx], steps=steps,
+                                      guidance=guidance, sampler=sampler, initial_noise=x[idx], hooks=hooks,
+                                      compile=compile, attention_backend=attention_backend)
+        return out
     x = x.to(dit.device)
     with _attention(attention_backend):
         model = Denoiser(dit, tokens, null_embedding, seconds, guidance, forward=compiled_dit(dit, compile))
         if sampler == "heun":
             return _heun(model, x, steps, hooks)
         return _loop(model, x, sampler, steps, dit.device, hooks)
+
+
+def _render_rows(render_events: Optional[Sequence[int]], previous: Optional[torch.Tensor], e: int,
+                 t_len: int) -> list[int]:
+    """Validated, sorted, unique 0-based rows to re-render (re-roll needs both inputs)."""
+    if previous is None or render_events is None:
+        raise InputError("A re-roll needs both previous_latents and render_events.")
+    if tuple(previous.shape[1:]) != (t_len, 64) or previous.shape[0] != e:
+        raise InputError(f"previous_latents must be [{e}, {t_len}, 64] (one row per event), "
+                         f"got {tuple(previous.shape)}")
+    idx = sorted({int(i) for i in render_events})
+    bad = [i + 1 for i in idx if not 0 <= i < e]
+    if bad:
+        raise InputError(f"events {bad} do not exist; the story has events 1..{e}")
+    return idx
 
 
 def _loop(model: Callable, x: torch.Tensor, sampler: str, steps: int, device, hooks: Hooks) -> torch.Tensor:
@@ -113,6 +143,7 @@ def _loop(model: Callable, x: torch.Tensor, sampler: str, steps: int, device, ho
         v = model(x, torch.tensor([t / 1000], device=device))
         x = sched.step(v, t, x).prev_sample
         hooks.report("sample", i + 1, total)
+    check_finite(x, "sampling stage (DiT latents)", LATENT_CAUSE)
     return x.float()
 
 
@@ -185,4 +216,5 @@ def _heun(model: Callable, x: torch.Tensor, steps: int, hooks: Hooks) -> torch.T
         else:
             x = x_e
         hooks.report("sample", i + 1, steps)
+    check_finite(x, "sampling stage (DiT latents)", LATENT_CAUSE)
     return x

@@ -30,7 +30,7 @@ from ..stages.audio import crossfade_concat, resample
 from ..media.captioning import resolve_model_dir
 from ..errors import InputError, ModelFilesError
 from ..stages.event_tokens import event_tokens
-from ..stages.grammar import build_instruction, build_prompt
+from ..stages.grammar import build_instruction, encode_prompt
 from ..stages.plan import PlanResult, PromptContext, generate_plan
 from ..progress import Hooks, as_hooks
 
@@ -279,8 +279,8 @@ def placeholder_prompt(tokenizer, instruction: str, n: int, layout: PlaceholderL
     if layout.position not in ("before", "after"):
         raise InputError("placeholder position must be 'before' or 'after'.")
     ph = layout.text(n)
-    user = ph + instruction if layout.position == "before" else instruction + ph
-    ids = tokenizer.encode(build_prompt(user), add_special_tokens=False)
+    segments = [(ph, False), (instruction, True)] if layout.position == "before" else [(instruction, True), (ph, False)]
+    ids = encode_prompt(tokenizer, segments)   # placeholders are control tokens, the instruction is user text
     slot_ids = []
     for tok in dict.fromkeys(layout.slot_tokens(n)):
         got = tokenizer.encode(tok, add_special_tokens=False)

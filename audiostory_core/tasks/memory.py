@@ -153,35 +153,25 @@ def chapter_body_ids(tokenizer, ids, plan) -> list[int]:
 def memory_prompt_ids(tokenizer, ids, memory: Optional[StoryMemory], instruction: str) -> Optional[list[int]]:
     """Prompt ids with the remembered chapters as earlier chat turns; None when there is nothing to add
     (then the caller uses the reference prompt unchanged)."""
-    from ..stages.grammar import ASSISTANT_START, SYSTEM_MESSAGE, USER_TURN, build_prompt
+    from ..stages.grammar import SYSTEM_MESSAGE, encode_user_turn
 
     if memory is None or memory.is_empty:
         return None
-    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-    out = enc(SYSTEM_MESSAGE)
-    for plan in memory.chapter_plans():
-        out += enc(USER_TURN.format_map({"instruction": plan.instruction}) + ASSISTANT_START)
-        out += chapter_body_ids(tokenizer, ids, plan)
-        out += enc("<|im_end|>\n")
-    rest = enc(build_prompt(instruction))
-    sys_ids = enc(SYSTEM_MESSAGE)
-    if rest[:len(sys_ids)] == sys_ids:
-        rest = rest[len(sys_ids):]
-    return out + rest
+    out = tokenizer.encode(SYSTEM_MESSAGE, add_special_tokens=False) + history_ids(tokenizer, ids, memory)
+    return out + encode_user_turn(tokenizer, instruction)   # user text escaped, as in the reference prompt
 
 
 def history_ids(tokenizer, ids, memory: Optional[StoryMemory]) -> list[int]:
     """Only the remembered turns (no system message, no new instruction)."""
-    from ..stages.grammar import ASSISTANT_START, USER_TURN
+    from ..stages.grammar import encode_user_turn
 
     if memory is None or memory.is_empty:
         return []
-    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
     out: list[int] = []
     for plan in memory.chapter_plans():
-        out += enc(USER_TURN.format_map({"instruction": plan.instruction}) + ASSISTANT_START)
+        out += encode_user_turn(tokenizer, plan.instruction)      # earlier instructions are user text too
         out += chapter_body_ids(tokenizer, ids, plan)
-        out += enc("<|im_end|>\n")
+        out += tokenizer.encode("<|im_end|>\n", add_special_tokens=False)
     return out
 
 

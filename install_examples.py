@@ -1,0 +1,44 @@
+"""Put the bundled example media where ComfyUI's LoadVideo/LoadAudio find it, so the shipped mux, dubbing
+and continuation workflows run as loaded on a fresh install (``example_media/``, CC0, generated).
+
+Called once from the pack's ``__init__`` inside ComfyUI. Files already in the input folder are never
+overwritten; copies are written under a temporary name and renamed, so a failed copy leaves nothing.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from .audiostory_core.atomic import atomic_write
+
+log = logging.getLogger("AudioStory")
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "example_media"
+EXAMPLE_FILES = ("audiostory_example.mp4", "audiostory_continue_example.wav")
+
+
+def install_examples(input_dir: Path, examples_dir: Path = EXAMPLES_DIR) -> list[Path]:
+    """Copy each missing example into ``input_dir``; returns the files written."""
+    input_dir = Path(input_dir)
+    written = []
+    for name in EXAMPLE_FILES:
+        src, dst = examples_dir / name, input_dir / name
+        if dst.exists() or not src.is_file():
+            continue
+        with atomic_write(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        written.append(dst)
+    return written
+
+
+def install_into_comfyui_input() -> None:
+    """The same, into ``folder_paths.get_input_directory()``; a read-only input folder only logs a warning."""
+    import folder_paths
+
+    try:
+        for path in install_examples(Path(folder_paths.get_input_directory())):
+            log.info("AudioStory: copied example media to %s", path)
+    except OSError as e:
+        log.warning("AudioStory: could not copy the example media into the input folder (%s); the mux, dubbing "
+                    "and continuation example workflows need %s there.", e, ", ".join(EXAMPLE_FILES))

@@ -1,0 +1,226 @@
+"""The pack as a user sees it: the real ComfyUI frontend in headless Chromium (Playwright, Debian's chromium).
+
+A real ComfyUI (CPU, ``tests/comfy_server.py``) runs with this pack, the shared tiny checkpoint and the tiny
+Whisper/VLM. Every shipped UI workflow is loaded onto the canvas as a file drop does
+(``app.loadGraphData``): no missing-node/missing-model dialog, every widget holds the value of its API twin,
+every title bar sits on the canvas (not under the top bar or the sidebar) in the opening view, text is
+drawn at "fit view" in a 1920x1080 window, nothing the pack serves answers 404 and the console shows no
+error about the pack. Then the text-to-long-audio workflow is run with the Run button and the save node
+must show an audio player for the file it wrote. Screenshots go to ``$AUDIOSTORY_ARTIFACTS`` (else pytest's
+tmp dir); the path is printed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import comfy_server
+from comfy_server import PACK
+from conftest import need
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import workflow_browser as wb  # noqa: E402
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("build_workflows", ROOT / "tools" / "build_workflows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BUILD = _builder()
+NAMES = sorted(BUILD.workflows())
+CHROMIUM = os.environ.get("AUDIOSTORY_CHROMIUM", wb.CHROMIUM)
+OPEN_WINDOW, FIT_WINDOW = BUILD.OPEN_VIEW, (1920, 1080)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    out = Path(os.environ.get("AUDIOSTORY_ARTIFACTS") or tmp_path_factory.mktemp("browser-artifacts"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser screenshots: {out}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, shared_root):
+    need(comfy_server.comfyui_available(), "ComfyUI", comfy_server.comfyui_missing_hint())
+    need(Path(CHROMIUM).is_file() or shutil.which(CHROMIUM) is not None, f"Chromium at {CHROMIUM}",
+         "apt-get install -y chromium, or set AUDIOSTORY_CHROMIUM")
+    need(importlib.util.find_spec("playwright") is not None, "Playwright's Python package", "pip install playwright")
+    base = comfy_server.prepare_base(tmp_path_factory.mktemp("comfy-browser"), shared_root)
+    try:
+        c = comfy_server.start(base)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    wb.apply_settings(c.base)
+    yield c
+    comfy_server.stop(c)
+
+
+class Page:
+    """One browser page on the server, recording console errors and failed requests."""
+
+    def __init__(self, page):
+        self.page, self.console, self.failed = page, [], []
+        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text} @ {m.location.get('url', '')}")
+                if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+        page.on("response", lambda r: self.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+    def dialogs(self) -> list[str]:
+        return self.page.evaluate("""() => Array.from(document.querySelectorAll('.p-dialog, [role=dialog]'))
+            .filter(d => d.offsetParent !== null).map(d => d.innerText.slice(0, 300))""")
+
+    def close_dialogs(self) -> None:
+        self.page.keyboard.press("Escape")
+        self.page.wait_for_timeout(300)
+
+    def mark(self) -> tuple[int, int]:
+        return len(self.console), len(self.failed)
+
+    def about_pack(self, since: tuple[int, int] = (0, 0)) -> list[str]:
+        """Console errors and failed requests (since ``mark()``) that name the pack or its files."""
+        words = ("audiostory", PACK.lower())
+        seen = self.console[since[0]:] + self.failed[since[1]:]
+        return [m for m in seen if any(w in m.lower() for w in words)]
+
+
+@pytest.fixture(scope="module")
+def browser_page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        ctx = wb.launch(p, CHROMIUM)
+        page = ctx.new_page()
+        page.set_viewport_size({"width": OPEN_WINDOW[0], "height": OPEN_WINDOW[1]})
+        pg = Page(page)
+        wb.open_comfy(page, server.base)
+        yield pg
+        ctx.close()
+
+
+def _visible_on_canvas(page, x: float, y: float) -> bool:
+    return page.evaluate("([x, y]) => { const e = document.elementFromPoint(x, y); "
+                         "return !!e && e === window.app.canvas.canvas; }", [x, y])
+
+
+def test_missing_node_dialog_is_detected(browser_page):
+    """Control for the check below: an unknown node type does raise the frontend's dialog."""
+    wf = json.loads((ROOT / "workflows" / BUILD.ui_file_name(NAMES[0])).read_text())
+    wf["nodes"][0]["type"] = "AudioStoryNoSuchNode"
+    wb.load_workflow(browser_page.page, wf)
+    shown = browser_page.dialogs()
+    browser_page.close_dialogs()
+    assert shown and any("AudioStoryNoSuchNode" in d for d in shown), shown
+    assert not browser_page.dialogs()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_loads_as_shipped(server, browser_page, artifacts, name):
+    page = browser_page.page
+    page.set_viewport_size({"width": OPEN_WINDOW[0], "height": OPEN_WINDOW[1]})
+    ui = json.loads((ROOT / "workflows" / BUILD.ui_file_name(name)).read_text())
+    api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    since = browser_page.mark()
+    state = wb.load_workflow(page, ui)
+    page.screenshot(path=str(artifacts / f"{name}_open.png"))
+    dialogs = browser_page.dialogs()
+    browser_page.close_dialogs()
+    assert not dialogs, f"{name}: dialog after loading: {dialogs}"
+
+    # every widget holds its API twin's value, and a combo value is one of its options
+    by_id = {str(n["id"]): n for n in state["nodes"]}
+    for key, node in api.items():
+        shown = by_id[key]
+        assert shown["type"] == node["class_type"] and not shown["has_errors"]
+        widgets = {w["name"]: w for w in shown["widgets"]}
+        for inp, value in node["inputs"].items():
+            if isinstance(value, list):
+                continue
+            assert inp in widgets, f"{name}: node {key} ({shown['title']}) has no widget {inp}"
+            assert widgets[inp]["value"] == value, \
+                f"{name}: node {key} widget {inp} shows {widgets[inp]['value']!r}, expected {value!r}"
+            if widgets[inp]["options"] is not None:
+                assert value in widgets[inp]["options"], f"{name}: {inp}={value!r} is not offered"
+    # titles as written, nothing clipped, every title bar on the canvas in the opening view
+    ds = ui["extra"]["ds"]
+    assert state["scale"] == pytest.approx(ds["scale"]) and state["offset"] == pytest.approx(ds["offset"])
+    s, (ox, oy) = state["scale"], state["offset"]
+    for n in state["nodes"]:
+        want = next(u for u in ui["nodes"] if u["id"] == n["id"])
+        assert n["title"] == want.get("title", n["title"])
+        if n["type"] not in BUILD.FRONTEND_ONLY_NODES and n["type"] != "LoadVideo":   # its preview grows with the file
+            assert n["size"][0] >= n["min_size"][0] - 0.5 and n["size"][1] >= n["min_size"][1] - 0.5, \
+                f"{name}: {n['title']} is drawn {n['size']} but needs {n['min_size']}"
+        x, y = (n["pos"][0] + ox) * s, (n["pos"][1] - 15 + oy) * s
+        right = (n["pos"][0] + n["size"][0] + ox) * s
+        for px in (x + 4, right - 4):
+            assert 0 < px < OPEN_WINDOW[0] and 0 < y < OPEN_WINDOW[1], f"{name}: {n['title']} is off screen"
+            assert _visible_on_canvas(page, px, y), f"{name}: the title of {n['title']} is covered at ({px}, {y})"
+    for g in state["groups"]:
+        gx, gy = (g["bounding"][0] + ox) * s, (g["bounding"][1] + 12 + oy) * s
+        assert _visible_on_canvas(page, gx + 4, gy), f"{name}: group {g['title']} is covered"
+    # as drawn (the frontend may grow a node to fit its widgets): no two nodes overlap
+    rects = [(n["title"], n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in state["nodes"]]
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            assert a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2], f"{name}: {a[0]} overlaps {b[0]}"
+    # readable at fit view in a full-HD window: the frontend draws text above its low-quality threshold
+    page.set_viewport_size({"width": FIT_WINDOW[0], "height": FIT_WINDOW[1]})
+    page.wait_for_timeout(200)
+    scale = wb.fit_view(page)
+    page.screenshot(path=str(artifacts / f"{name}_fit_view.png"))
+    assert scale > state["low_quality_threshold"], \
+        f"{name}: fit view draws at {scale:.2f}, below the text threshold {state['low_quality_threshold']:.2f}"
+    page.set_viewport_size({"width": OPEN_WINDOW[0], "height": OPEN_WINDOW[1]})
+    assert not browser_page.about_pack(since), browser_page.about_pack(since)
+    assert not [m for m in browser_page.console[since[0]:] if "pageerror" in m], browser_page.console[since[0]:]
+
+
+def test_templates_show_readable_names_and_thumbnails(server, browser_page, artifacts):
+    page = browser_page.page
+    since = browser_page.mark()
+    listed = page.evaluate("async () => (await (await fetch('/workflow_templates')).json())")
+    assert sorted(listed[PACK]) == sorted(BUILD.ui_file_name(n)[:-5] for n in NAMES)
+    for name in listed[PACK]:
+        status = page.evaluate("async (u) => (await fetch(u)).status",
+                               f"/api/workflow_templates/{PACK}/{name}.jpg")
+        assert status == 200, f"{name}.jpg: {status}"
+    assert not browser_page.about_pack(since), browser_page.about_pack(since)
+
+
+def test_run_button_plays_the_story_on_the_save_node(server, browser_page, artifacts):
+    page = browser_page.page
+    name = "audiostory_text_to_long_audio"
+    ui = json.loads((ROOT / "workflows" / BUILD.ui_file_name(name)).read_text())
+    since = browser_page.mark()
+    wb.load_workflow(page, ui)
+    browser_page.close_dialogs()
+    page.get_by_role("button", name="Run", exact=True).first.click()
+    prefix = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())["6"]["inputs"]["filename_prefix"]
+    stem = Path(prefix).name
+    try:
+        page.wait_for_function(
+            """(stem) => Array.from(document.querySelectorAll('audio'))
+                 .some(a => decodeURIComponent(a.src || a.currentSrc || '').includes(stem))""",
+            arg=stem, timeout=900_000, polling=1000)
+    finally:
+        page.screenshot(path=str(artifacts / f"{name}_after_run.png"))
+    src = page.evaluate("""(stem) => Array.from(document.querySelectorAll('audio')).map(a => a.src)
+        .find(s => decodeURIComponent(s).includes(stem))""", stem)
+    status = page.evaluate("async (u) => (await fetch(u)).status", src)
+    assert status == 200, f"the player's file {src} answers {status}"
+    written = list((server.root / "output").rglob(f"{stem}*.wav"))
+    assert written, "the save node wrote no file"
+    assert any(f.name in src for f in written), (src, written)
+    assert not browser_page.about_pack(since), browser_page.about_pack(since)

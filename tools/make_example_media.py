@@ -1,0 +1,58 @@
+"""Write the pack's bundled example media (``example_media/``), generated here so no licence of a third party
+applies: a 4 s 320x180 video with a hard cut at 2 s and a 440 Hz AAC track, and a 4 s stereo 44.1 kHz WAV.
+
+    python tools/make_example_media.py          # rewrites example_media/*.mp4 and *.wav
+
+The shipped workflows (mux, dubbing, continuation) load these names; ``install_examples.py`` copies them into
+ComfyUI's input folder. tests/test_comfyui_e2e.py relies on the cut time and the lengths written here.
+It also draws the registry icon, ``assets/icon.png``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+VIDEO_NAME, VIDEO_CUTS, VIDEO_SECONDS, VIDEO_SIZE = "audiostory_example.mp4", [2.0], 4.0, (320, 180)
+AUDIO_NAME, AUDIO_SECONDS, AUDIO_RATE = "audiostory_continue_example.wav", 4.0, 44100
+
+
+def make_icon(path: Path = ROOT / "assets" / "icon.png", size: int = 400) -> Path:
+    """The registry icon (``[tool.comfy] Icon``): a story of coloured waveform segments joined by crossfades."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (24, 28, 38))
+    d = ImageDraw.Draw(img)
+    colours = [(63, 120, 158), (136, 170, 136), (181, 139, 42), (161, 48, 155)]
+    bars, margin = 44, 40
+    step = (size - 2 * margin) / bars
+    for i in range(bars):
+        seg = min(len(colours) - 1, i * len(colours) // bars)
+        amp = 0.15 + 0.85 * abs(math.sin(i * 0.55) * math.sin(i * 0.13 + 0.4))
+        h = amp * (size * 0.6) / 2
+        x = margin + i * step
+        d.rounded_rectangle([x, size / 2 - h, x + step * 0.6, size / 2 + h], radius=2, fill=colours[seg])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, "PNG", optimize=True)
+    return path
+
+
+def main(out: Path = ROOT / "example_media") -> int:
+    from e2e_media import make_wav
+    from synthetic_media import write_video
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_video(out / VIDEO_NAME, cuts=VIDEO_CUTS, duration=VIDEO_SECONDS, size=VIDEO_SIZE)
+    make_wav(out / AUDIO_NAME, seconds=AUDIO_SECONDS, rate=AUDIO_RATE)
+    for name in (VIDEO_NAME, AUDIO_NAME):
+        print(f"wrote {out / name} ({(out / name).stat().st_size} bytes)")
+    print("wrote", make_icon())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
