@@ -11,7 +11,7 @@ any other layer left on the CPU would break the forward pass. So they load whole
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable
 
 import torch
 

@@ -5,10 +5,9 @@ conversions, file-name rules. The node modules are the thin ComfyUI layer over t
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 

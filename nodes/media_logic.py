@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from ..audiostory_core.media.captioning import apply_captions, parse_captions
-from ..audiostory_core.tasks.continuation import (AudioContext, InputAudio, PlaceholderLayout, WhisperFeatures,
+from ..audiostory_core.tasks.continuation import (AudioContext, PlaceholderLayout, WhisperFeatures,
                                             build_audio_context, check_input_audio, join)
 from ..audiostory_core.tasks.dubbing import dubbing_plan, max_scene_seconds
 from ..audiostory_core.errors import InputError

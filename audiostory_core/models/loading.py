@@ -21,7 +21,7 @@ import torch
 
 from .dtypes import dtype_kwarg
 from .config import AudioStoryConfig, FluxConfig, ModelPaths
-from ..errors import ModelFilesError, WeightsMismatchError
+from ..errors import ModelFilesError
 from .modules import AudioStoryDiT, BridgeHeads
 from .null_embedding import load_or_compute
 from .tokenizer import build_tokenizer

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..errors import InputError, PlanError
+from ..errors import PlanError
 from .processors import apply_processors, repetition_penalty
 from .grammar import (TokenIds, build_instruction, encode_caption_span, encode_plain, encode_prompt,
                       parse_transcript, render_caption, split_caption)
@@ -233,7 +233,6 @@ def plan_from_transcript(tokenizer, ids: TokenIds, instruction: str, generated: 
                          total_duration: Optional[float] = None) -> StoryPlan:
     parsed = parse_transcript(generated, ids, tokenizer.decode)
     events = []
-    gens = [e.gen_pos for e in parsed.events]
     for k, e in enumerate(parsed.events):
         events.append(StoryEvent(caption=e.caption, duration=float(e.duration), text=e.text,
                                  span=[e.gen_pos, e.end_pos]))

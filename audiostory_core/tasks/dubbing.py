@@ -21,7 +21,6 @@ import torch
 from ..atomic import atomic_write
 from ..errors import InputError, PlanError
 from ..stages.event_tokens import event_tokens
-from ..stages.grammar import build_instruction
 from ..stages.plan import StoryEvent, StoryPlan, generate_plan
 from ..progress import Hooks, as_hooks
 from ..media.video import SceneList
