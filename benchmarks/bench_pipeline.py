@@ -403,8 +403,7 @@ def run_column(column: str, root: Path, out: Path, device: str, dtype_name: str,
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     res = _timed(lambda: fn(pipe, script, spec, steps, clock), repeats, dev)
-    mem = (torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda"
-           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else _own_peak_rss_gb()
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: res[k].detach().float().cpu().contiguous() for k in SAVED}
               | {"ids": torch.tensor(res["ids"], dtype=torch.int64)}, str(out / f"{column}.safetensors"))
@@ -412,6 +411,21 @@ def run_column(column: str, root: Path, out: Path, device: str, dtype_name: str,
         "times": res["times"], "free_tps": res["free_tps"], "free_steps": res["free_steps_counted"],
         "stats": res["stats"], "mem_gb": mem, "plan_text": res["plan"].text(), "events": len(res["plan"].events),
         "story": info}))
+
+
+def _own_peak_rss_gb() -> float:
+    """This process's own peak RSS in GiB: ``VmHWM`` on Linux.
+
+    ``ru_maxrss`` is not used where ``VmHWM`` exists: Linux carries it over ``fork`` + ``exec``, so a column
+    started from a large parent (pytest, say) would report the parent's peak instead of its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _column_subprocess(column: str, root: Path, out: Path, args) -> dict:

@@ -2,11 +2,39 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..errors import ModelFilesError
 from ..stages.grammar import TokenIds, added_tokens, expected_ids
+
+
+@contextmanager
+def _without_added_tokens_json(folder: Path) -> Iterator[Path]:
+    """The tokenizer folder as ``AutoTokenizer`` should see it: without ``added_tokens.json``.
+
+    The release's ``added_tokens.json`` carries wrong ids (duplicates, ids past the vocabulary); the official
+    code adds the tokens itself, in the file's key order. transformers 4.x ignores that file next to a
+    ``tokenizer.json``, but 5.x reads it and adds whichever tokens its ids allow, so loading the folder as is
+    would make the vocabulary depend on the library version. The other files are linked (or copied) into a
+    temporary folder instead; a folder without the file is used directly.
+    """
+    if not (folder / "added_tokens.json").is_file():
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="audiostory-tokenizer-") as tmp:
+        view = Path(tmp)
+        for f in folder.iterdir():
+            if f.name == "added_tokens.json" or not f.is_file():
+                continue
+            try:
+                (view / f.name).symlink_to(f.resolve())
+            except OSError:  # no symlinks here (e.g. Windows without the privilege): the files are small
+                shutil.copy2(f, view / f.name)
+        yield view
 
 
 def build_tokenizer(tokenizer_dir: Path, added_tokens_json: Optional[Path], vocab_size: int,
@@ -23,7 +51,8 @@ def build_tokenizer(tokenizer_dir: Path, added_tokens_json: Optional[Path], voca
         raise ModelFilesError(f"{cfg_file} is missing. The tokenizer folder needs the Qwen2.5 tokenizer files "
                               "(tokenizer_config.json, tokenizer.json or vocab.json + merges.txt).")
     try:
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        with _without_added_tokens_json(Path(tokenizer_dir)) as src:
+            tok = AutoTokenizer.from_pretrained(str(src))
     except Exception as e:
         why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise ModelFilesError(f"Cannot load the tokenizer from {tokenizer_dir}: {why}. It is the Qwen2.5 "

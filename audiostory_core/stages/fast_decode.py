@@ -69,6 +69,17 @@ def cuda_compile_ok(device: torch.device) -> bool:
     return torch.device(device).type == "cuda" and hasattr(torch, "compile")
 
 
+def _static_cache(cls, llm, max_len: int, device: torch.device):
+    """A one-sequence ``StaticCache``. Older transformers (4.50) need the batch size, device and dtype up
+    front (their default batch size is ``None``); newer ones allocate lazily and drop some of these
+    arguments, so only the ones the installed constructor takes are passed."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    extra = {"max_batch_size": 1, "device": device, "dtype": next(llm.parameters()).dtype}
+    return cls(config=llm.config, max_cache_len=max_len, **{k: v for k, v in extra.items() if k in params})
+
+
 class _Runner:
     """Feeds tokens to the LLM and keeps its KV cache; ``length`` tokens are cached."""
 
@@ -80,7 +91,7 @@ class _Runner:
         self.length = 0
         self.dev = next(llm.parameters()).device
         if static:
-            self.cache = StaticCache(config=llm.config, max_cache_len=max_len)
+            self.cache = _static_cache(StaticCache, llm, max_len, self.dev)
         else:
             self.cache = DynamicCache()
         self.compiled = {}
@@ -119,7 +130,9 @@ class _Runner:
     def crop(self, length: int) -> None:
         """Forget cached tokens beyond ``length`` (a static cache simply overwrites them later)."""
         if not self.static:
-            self.cache.crop(length)
+            drop = self.cache.get_seq_length() - length
+            if drop > 0:  # a negative count means "drop this many" in transformers 4.x and 5.x alike
+                self.cache.crop(-drop)
         self.length = length
 
 
