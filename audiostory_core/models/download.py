@@ -75,12 +75,21 @@ def cached_snapshot(repo: str, revision: Optional[str] = None) -> Optional[Path]
     return p if p.is_dir() else None
 
 
+def _offline() -> bool:
+    """``HF_HUB_OFFLINE`` as the environment says now (the hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _fetch(src: Source, revision: Optional[str]) -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = list(src.patterns) if src.patterns else None
+    # Offline: never open a connection. Older hubs keep an HTTP session made before HF_HUB_OFFLINE was
+    # read, so the flag alone does not stop them from trying the network first.
+    offline = _offline()
     try:
-        return Path(snapshot_download(repo_id=src.repo, revision=revision, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id=src.repo, revision=revision, allow_patterns=patterns,
+                                      local_files_only=offline))
     except Exception as e:
         cached = cached_snapshot(src.repo, revision)  # offline or hub down: a complete cache still serves
         if cached is not None and _files(cached, src):
