@@ -171,6 +171,18 @@ def resolve_in_root(root: Path, written: str) -> Optional[Path]:
     return None
 
 
+def _read_mapping(path: Path, parse, parse_error: type, not_mapping: str) -> dict:
+    """A config file parsed into a dict, or a ModelFilesError naming the file (unreadable, invalid, not a
+    mapping)."""
+    try:
+        raw = parse(path.read_text())
+    except (OSError, parse_error) as e:
+        raise ModelFilesError(f"Cannot read {path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ModelFilesError(f"{path} {not_mapping}")
+    return raw
+
+
 @dataclass
 class LoraSpec:
     r: int
@@ -200,12 +212,7 @@ class AudioStoryConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> "AudioStoryConfig":
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise ModelFilesError(f"Cannot read {path}: {e}") from e
-        if not isinstance(raw, dict):
-            raise ModelFilesError(f"{path} is not a YAML mapping")
+        raw = _read_mapping(path, yaml.safe_load, yaml.YAMLError, "is not a YAML mapping")
         raw = resolve_interpolations(raw, path)
 
         def get(*keys: Any, default: Any = KeyError) -> Any:
@@ -266,12 +273,8 @@ class FluxConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> "FluxConfig":
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelFilesError(f"Cannot read {path}: {e}") from e
-        if not isinstance(raw, dict):
-            raise ModelFilesError(f"{path} must be a JSON object (the Flux_detokenizer config).")
+        raw = _read_mapping(path, json.loads, json.JSONDecodeError,
+                            "must be a JSON object (the Flux_detokenizer config).")
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
         cfg = cls(**known)
         for name in ("num_layers", "num_single_layers", "in_channels", "attention_head_dim",
