@@ -247,7 +247,6 @@ def run_reference(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Cl
 def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
     from audiostory_core.stages.audio import crossfade_concat, resample
     from audiostory_core.stages.event_tokens import clip_seconds, event_tokens
-    from audiostory_core.stages.fast_decode import ScriptedTokens
     from audiostory_core.stages.fast_vae import decode_clips_fast
     from audiostory_core.stages.plan import generate_plan
     from audiostory_core.stages.sampling import sample_latents

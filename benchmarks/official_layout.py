@@ -10,7 +10,8 @@ The layout is the one the official release uses and :mod:`audiostory_core.models
 Weights are random (``randn * 0.02``, norms 1); nothing here is a trained model. The tokenizer is a
 byte-level BPE without merges padded with dummy entries to the base vocabulary size, so one ASCII
 character is one token and the added AudioStory tokens get the official ids (151665... at real size).
-The T5 is always a 1-layer d_model-1024 encoder: it is used once, for the cached null embedding.
+The T5 encoder has flan-t5-large's shape at real size (it is part of the checkpoint and is run once,
+for the cached null embedding, so it counts in the first load's memory) and one layer otherwise.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class SizeSpec:
     dit_heads: int
     audio_seq_len: int
     vae_config: Optional[dict] = None   # None = default AutoencoderOobleck()
+    t5: dict = field(default_factory=lambda: dict(vocab_size=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2))
     # synthetic story
     events: int = 5
     total_seconds: float = 50.0
@@ -61,7 +63,8 @@ SIZES = {
     # Qwen2.5-3B + the 515M TangoFlux DiT + the default Oobleck VAE.
     "real": SizeSpec("real", hidden=2048, layers=36, heads=16, kv_heads=2, ffn=11008, base_vocab=151665,
                      qwen_vocab=151936, n_semantic=64, n_residual=8, lora_r=32, lora_alpha=32,
-                     dit_layers=6, dit_single_layers=18, dit_heads=8, audio_seq_len=645),
+                     dit_layers=6, dit_single_layers=18, dit_heads=8, audio_seq_len=645,
+                     t5=dict(vocab_size=32128, d_kv=64, d_ff=2816, num_layers=24, num_heads=16)),  # flan-t5-large
     # CPU check of the real vocabulary, tokenizer ids, N/M, 645 frames and 10 s events; small nets.
     "medium": SizeSpec("medium", hidden=256, layers=2, heads=4, kv_heads=2, ffn=512, base_vocab=151665,
                        qwen_vocab=151936, n_semantic=64, n_residual=8, lora_r=8, lora_alpha=8,
@@ -202,8 +205,8 @@ def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
     sd["tangoflux.duration_emebdder.time_positional_embedding.1.weight"] = rnd(1024, 257, scale=0.1)
     sd["tangoflux.duration_emebdder.time_positional_embedding.1.bias"] = rnd(1024)
 
-    t5cfg = T5Config(vocab_size=32, d_model=1024, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-                     feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    t5cfg = T5Config(d_model=1024, feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+                     **spec.t5)
     torch.manual_seed(seed)
     t5 = T5EncoderModel(t5cfg)
     t5.save_pretrained(str(t5_dir), safe_serialization=True)

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = "comfyui-audiostory"
@@ -167,6 +168,29 @@ def start(base: Path, startup_timeout: float = 600) -> Comfy:
     c.object_info = c.get("/object_info")
     c.startup_log = c.log_text()
     return c
+
+
+def serve(base_dir: Path, shared_root: Path,
+          configure: Optional[Callable[[Path], None]] = None) -> Iterator[Comfy]:
+    """Body of a module-scoped server fixture: ComfyUI must be there (``need``), started, then stopped.
+
+    ``configure(base)`` runs once the server is up (the browser test writes its UI settings there).
+    """
+    import pytest
+    from conftest import need
+
+    need(comfyui_available(), "ComfyUI", comfyui_missing_hint())
+    base = prepare_base(base_dir, shared_root)
+    try:
+        c = start(base)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        if configure is not None:
+            configure(c.base)
+        yield c
+    finally:
+        stop(c)
 
 
 def stop(c: Comfy) -> None:

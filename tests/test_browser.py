@@ -52,18 +52,10 @@ def artifacts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, shared_root):
-    need(comfy_server.comfyui_available(), "ComfyUI", comfy_server.comfyui_missing_hint())
     need(Path(CHROMIUM).is_file() or shutil.which(CHROMIUM) is not None, f"Chromium at {CHROMIUM}",
          "apt-get install -y chromium, or set AUDIOSTORY_CHROMIUM")
     need(importlib.util.find_spec("playwright") is not None, "Playwright's Python package", "pip install playwright")
-    base = comfy_server.prepare_base(tmp_path_factory.mktemp("comfy-browser"), shared_root)
-    try:
-        c = comfy_server.start(base)
-    except RuntimeError as e:
-        pytest.fail(str(e))
-    wb.apply_settings(c.base)
-    yield c
-    comfy_server.stop(c)
+    yield from comfy_server.serve(tmp_path_factory.mktemp("comfy-browser"), shared_root, wb.apply_settings)
 
 
 class Page:

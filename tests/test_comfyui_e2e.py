@@ -29,7 +29,6 @@ import torch
 
 import comfy_server
 from comfy_server import NODE_IDS, PACK
-from conftest import need
 
 ROOT = Path(__file__).resolve().parents[1]
 API_DIR = ROOT / "workflows" / "api"
@@ -61,14 +60,7 @@ _error_of = comfy_server.error_of
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory, shared_root):
-    need(comfy_server.comfyui_available(), "ComfyUI", comfy_server.comfyui_missing_hint())
-    base = comfy_server.prepare_base(tmp_path_factory.mktemp("comfy"), shared_root)
-    try:
-        c = comfy_server.start(base)
-    except RuntimeError as e:
-        pytest.fail(str(e))
-    yield c
-    comfy_server.stop(c)
+    yield from comfy_server.serve(tmp_path_factory.mktemp("comfy"), shared_root)
 
 
 def _ui_workflow(name: str) -> dict:

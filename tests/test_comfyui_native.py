@@ -33,14 +33,7 @@ PACK = comfy_server.PACK
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory, shared_root):
-    need(comfy_server.comfyui_available(), "ComfyUI", comfy_server.comfyui_missing_hint())
-    base = comfy_server.prepare_base(tmp_path_factory.mktemp("comfy_native"), shared_root)
-    try:
-        c = comfy_server.start(base)
-    except RuntimeError as e:
-        pytest.fail(str(e))
-    yield c
-    comfy_server.stop(c)
+    yield from comfy_server.serve(tmp_path_factory.mktemp("comfy_native"), shared_root)
 
 
 def _api(name: str = "audiostory_text_to_long_audio") -> dict:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from audiostory_core.tasks.continuation import (AudioContext, PlaceholderLayout, ResamplerSpec, WhisperFeatures,
-                                          WhisperResampler, build_audio_context, check_input_audio,
+from audiostory_core.tasks.continuation import (PlaceholderLayout, ResamplerSpec, WhisperFeatures,
+                                          build_audio_context, check_input_audio,
                                           continue_audio, load_audio_file, load_resampler, resampler_status,
                                           whisper_window)
 from audiostory_core.errors import InputError, ModelFilesError

@@ -159,3 +159,35 @@ def test_null_embedding_matches_t5_of_the_empty_string(shared_pipeline, shared_r
     with torch.no_grad():
         want = t5(input_ids=b.input_ids, attention_mask=b.attention_mask)[0]
     torch.testing.assert_close(shared_pipeline.models.null_embedding, want)
+
+
+def test_t5_loaded_straight_into_bf16_gives_the_official_null_embedding(shared_root):
+    """The official run loads T5 in fp32, overwrites it with the checkpoint, then casts the whole model;
+    loading each tensor straight into bf16 (one copy in memory) must give the same bits."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from audiostory_core.models.null_embedding import compute_null_embedding
+    from audiostory_core.models.weights import T5_PREFIX, load_torch_checkpoint
+
+    paths = locate(shared_root)
+    t5_weights = {k: v for k, v in load_torch_checkpoint(paths.checkpoint).items() if k.startswith(T5_PREFIX)}
+    assert t5_weights
+    got = compute_null_embedding(paths.t5_dir, 8, torch.bfloat16, t5_weights)
+
+    official = T5EncoderModel.from_pretrained(paths.t5_dir)
+    official.load_state_dict({k[len(T5_PREFIX):]: v for k, v in t5_weights.items()}, strict=False)
+    official = official.to(torch.bfloat16).eval()
+    b = AutoTokenizer.from_pretrained(paths.t5_dir)([""], max_length=8, padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        want = official(input_ids=b.input_ids, attention_mask=b.attention_mask)[0]
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+def test_load_reports_its_stages_in_order(tiny_root, tmp_path):
+    """T5 and the VAE (the big transient copies) come first; the benchmark reads each stage's peak."""
+    seen: list[str] = []
+    load_models(locate(tiny_root), on_stage=seen.append)
+    assert seen == ["null_embedding", "vae", "llm", "heads", "dit", "validate"]
+    seen.clear()
+    load_models(locate(tiny_root), planner=False, vae=False, on_stage=seen.append)
+    assert seen == ["null_embedding", "dit", "validate"]

@@ -11,7 +11,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from audiostory_core.media.captioning import (SOUND_PROMPT, VisionCaptioner, apply_captions, clean_caption,
                                         parse_captions, to_pil)

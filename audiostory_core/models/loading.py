@@ -26,7 +26,7 @@ from .modules import AudioStoryDiT, BridgeHeads
 from .null_embedding import load_or_compute
 from .tokenizer import build_tokenizer
 from .weights import (DIT_PREFIXES, HEAD_PREFIXES, T5_PREFIX, MappedCheckpoint, check_leftovers,
-                      llm_state_dict, remap, strict_load)
+                      llm_state_dict, remap, strict_load, trim_heap)
 
 # What Qwen/Qwen2.5-3B-Instruct ships in generation_config.json (the official run decodes with it).
 # The eos ids are those of <|im_end|> and <|endoftext|> (151645, 151643 in the Qwen2.5 tokenizer).
@@ -255,34 +255,54 @@ def unknown_keys_warning(keys: list[str], source: Path) -> str:
 
 
 def load_models(paths: ModelPaths, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                planner: bool = True, dit: bool = True, vae: bool = True, strict: bool = False) -> AudioStoryModels:
+                planner: bool = True, dit: bool = True, vae: bool = True, strict: bool = False,
+                on_stage: Optional[Callable[[str], None]] = None) -> AudioStoryModels:
     """Load the requested components; the null embedding comes from the cache when possible.
 
     Missing and mis-shaped tensors always raise :class:`WeightsMismatchError`. Checkpoint keys that
     belong to no module are listed once in ``warnings`` and ignored, or raise with ``strict``.
+    ``on_stage(name)`` is called after each stage (``null_embedding``, ``vae``, ``llm``, ``heads``,
+    ``dit``, ``validate``): the load-memory benchmark reads the peak of each there.
+
+    Order keeps the host peak near one copy of the weights: T5 (a first load only) and the VAE, whose
+    transient copies are the largest, go first while little is resident; the heap is trimmed after
+    every stage so freed temporaries do not stay resident under the weights that follow.
     """
     cfg = AudioStoryConfig.from_yaml(paths.config_yaml)
     fcfg = FluxConfig.from_json(paths.flux_config)
     out = AudioStoryModels(paths=paths, config=cfg, flux_config=fcfg)
-    if vae:  # first, while little is resident: its file and its copy are the peak's only other term
-        out.vae = load_vae(paths, dtype, device)
+
+    def done(stage: str) -> None:
+        trim_heap()
+        if on_stage is not None:
+            on_stage(stage)
+
     ckpt = Checkpoint(paths.checkpoint)
     try:
+        if dit:
+            t5_state = {k: v for k, v in ckpt.tensors.items() if k.startswith(T5_PREFIX)}
+            out.null_embedding, _ = load_or_compute(paths.flux_dir, paths.t5_dir, cfg.n_semantic, dtype,
+                                                    t5_weights=t5_state or None,
+                                                    sources=[paths.checkpoint, paths.t5_dir], device=device,
+                                                    release=ckpt.release)
+            del t5_state
+            done("null_embedding")
+        if vae:
+            out.vae = load_vae(paths, dtype, device)
+            done("vae")
         if planner:
             tok, ids = build_tokenizer(paths.tokenizer_dir, paths.added_tokens_json, cfg.vocab_size,
                                        cfg.n_semantic, cfg.n_residual)
             gen = GenerationSettings.from_dir(paths.qwen_dir, out.warnings, token_id=lambda t: _token_id(tok, t))
             ids = dataclasses.replace(ids, eos=gen.eos_token_ids)
             llm = load_llm(paths, cfg, ckpt, dtype, device)
+            done("llm")
             heads = load_heads(cfg, ckpt, dtype, device, strict=False)  # judged below, once
             out.planner = Planner(llm=llm, tokenizer=tok, ids=ids, heads=heads, generation=gen, config=cfg)
+            done("heads")
         if dit:
             out.dit = load_dit(fcfg, ckpt, dtype, device, strict=False)
-            t5_state = {k: v for k, v in ckpt.tensors.items() if k.startswith(T5_PREFIX)}
-            out.null_embedding, _ = load_or_compute(paths.flux_dir, paths.t5_dir, cfg.n_semantic, dtype,
-                                                    t5_weights=t5_state or None,
-                                                    sources=[paths.checkpoint, paths.t5_dir], device=device)
-            del t5_state
+            done("dit")
         # A partial load cannot judge the other parts' keys; foreign keys are still flagged.
         skipped = (() if planner else ("seedx.llm.",) + tuple(HEAD_PREFIXES)) + (() if dit else tuple(DIT_PREFIXES))
         if skipped:
@@ -292,4 +312,5 @@ def load_models(paths: ModelPaths, dtype: torch.dtype = torch.float32, device: t
             out.warnings.insert(0, unknown_keys_warning(unknown, paths.checkpoint))
     finally:
         ckpt.close()  # drop the mapping: nothing loaded keeps a view of it
+    done("validate")
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -49,8 +49,14 @@ def cache_dirs(weights_dir: Path) -> list[Path]:
 
 def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
                            t5_weights: Optional[Mapping[str, torch.Tensor]] = None,
-                           device: torch.device | str = "cpu") -> torch.Tensor:
-    """T5(""), ``padding="max_length"`` to N with its attention mask: shape [1, N, d_model]."""
+                           device: torch.device | str = "cpu",
+                           release: Callable[[torch.Tensor], None] = lambda t: None) -> torch.Tensor:
+    """T5(""), ``padding="max_length"`` to N with its attention mask: shape [1, N, d_model].
+
+    The official run loads T5 in fp32 and casts the whole model to the run's dtype; building it on the
+    meta device and copying each checkpoint tensor straight into ``dtype`` gives the same weights with
+    one copy in memory (``release`` drops each consumed tensor's mapped pages).
+    """
     from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
     try:
@@ -61,13 +67,21 @@ def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
                               "It is google/flan-t5-large (only used for the CFG negative).") from e
     if t5_weights:
         # The official Flux_T5 loads T5 from text_encoder_name, then pytorch_model.bin overwrites it.
-        model = T5EncoderModel(config)
+        with torch.device("meta"):
+            model = T5EncoderModel(config)
         state = {k[len(T5_PREFIX):]: v for k, v in t5_weights.items() if k.startswith(T5_PREFIX)}
         from .weights import strict_load
         # T5 ties encoder.embed_tokens to shared; writers (safetensors, TangoFlux) store the pair once, and
         # transformers 5 lists only one of them in state_dict(): the other is then an ignorable extra.
-        strict_load(model, state, f"T5 encoder weights ({T5_PREFIX}*)", torch.float32, assign=False, strict=False,
+        strict_load(model, state, f"T5 encoder weights ({T5_PREFIX}*)", dtype, strict=False, release=release,
                     tied={"encoder.embed_tokens.weight": "shared.weight", "shared.weight": "encoder.embed_tokens.weight"})
+        # transformers 5 ties encoder.embed_tokens to shared by parameter, not by module: assigning the
+        # loaded tensor to one leaves the other on meta, so tie them again (a no-op on 4.x).
+        model.set_input_embeddings(model.get_input_embeddings())
+        left = [n for n, t in [*model.named_parameters(remove_duplicate=False),
+                               *model.named_buffers(remove_duplicate=False)] if t.is_meta]
+        if left:
+            raise ModelFilesError(f"T5 encoder weights ({T5_PREFIX}*) did not fill: {', '.join(left[:10])}.")
     else:
         try:
             from .dtypes import dtype_kwarg
@@ -85,7 +99,8 @@ def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
 def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch.dtype,
                     t5_weights: Optional[Mapping[str, torch.Tensor]] = None,
                     sources: Optional[list[Path]] = None,
-                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, Path | None]:
+                    device: torch.device | str = "cpu",
+                    release: Callable[[torch.Tensor], None] = lambda t: None) -> tuple[torch.Tensor, Path | None]:
     """Return the cached null embedding, computing and caching it on first use."""
     from safetensors.torch import load_file, save_file
 
@@ -103,7 +118,7 @@ def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch
                     return data["null_embedding"], f
             except Exception:
                 pass  # unreadable cache: recompute
-    emb = compute_null_embedding(t5_dir, n_tokens, dtype, t5_weights, device)
+    emb = compute_null_embedding(t5_dir, n_tokens, dtype, t5_weights, device, release)
     for d in cache_dirs(weights_dir):
         try:
             d.mkdir(parents=True, exist_ok=True)

@@ -101,9 +101,26 @@ def _madvise(addr: int, length: int) -> None:
     try:
         if _libc is None:
             _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(length), _MADV_DONTNEED)
     except (OSError, AttributeError):  # no libc madvise: pages stay resident, nothing else changes
+        pass
+
+
+def trim_heap() -> None:
+    """Hand the allocator's free heap pages back to the kernel (glibc ``malloc_trim``; no-op elsewhere).
+
+    Converting tensor by tensor leaves freed fp32 temporaries (LoRA merges, casts) between the kept
+    weights; glibc keeps such holes resident, so without a trim they add to the load's peak.
+    """
+    global _libc
+    if sys.platform != "linux":
+        return
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.malloc_trim(ctypes.c_size_t(0))
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim): nothing to hand back
         pass
 
 
@@ -185,10 +202,16 @@ def llm_state_dict(ckpt: Mapping[str, torch.Tensor], expected: Mapping[str, torc
         return None
 
     for key, shape in expected.items():
+        merged = False
         module, leaf = key.rsplit(".", 1)
         short = module.split(".")[-1]
-        if key == "lm_head.weight" and tied and P + key not in ckpt:
-            continue  # tied to embed_tokens; tie_weights() restores it
+        if key == "lm_head.weight" and tied:
+            # Tied to embed_tokens (tie_weights() restores it): a stored copy is only checked, never copied.
+            if P + key in ckpt:
+                used.add(P + key)
+                if tuple(ckpt[P + key].shape) != tuple(shape):
+                    wrong.append(f"{P + key}: checkpoint {tuple(ckpt[P + key].shape)} vs model {tuple(shape)}")
+            continue
         if _is_saved_module(module, lora.modules_to_save):
             t = fetch([f"{P}{module}.modules_to_save.default.{leaf}"], key, shape, allow_base=False)
             used.update(k for k in (f"{P}{module}.original_module.{leaf}",) if k in ckpt)
@@ -208,6 +231,7 @@ def llm_state_dict(ckpt: Mapping[str, torch.Tensor], expected: Mapping[str, torc
                         t = None
                     else:
                         t = t.float() + lora.scaling * (b.float() @ a.float())
+                        merged = True
         else:
             # embed_tokens / lm_head are resized and trained: they must come from the checkpoint.
             trained = module in ("model.embed_tokens", "lm_head")
@@ -217,6 +241,8 @@ def llm_state_dict(ckpt: Mapping[str, torch.Tensor], expected: Mapping[str, torc
         for c in consumed:
             release(c)
         consumed.clear()
+        if merged:
+            trim_heap()  # the merge's fp32 temporaries would otherwise stay resident as heap holes
 
     # Extra seedx.llm.* keys are left unused: check_leftovers reports them (fatal only when strict).
     if missing or wrong:
