@@ -7,10 +7,11 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..audiostory_core.models.config import locate
-from ..audiostory_core.models.loading import load_models
+from ..audiostory_core.models.loading import load_models, load_stages
+from ..audiostory_core.progress import NO_HOOKS, Hooks
 from . import comfy_models as cm
-from .common import (CATEGORY, Planner, dit_dtype, llm_dtype, model_folders, model_roots, reference_numerics,
-                     vae_dtype)
+from .common import (CATEGORY, Planner, dit_dtype, llm_dtype, make_hooks, model_folders, model_roots,
+                     reference_numerics, vae_dtype)
 from .logic import DTYPE_CHOICES, PlannerHandle, dtype_from_choice, no_roots_message, resolve_model_root
 
 
@@ -37,6 +38,7 @@ class AudioStoryModelLoader(io.ComfyNode):
                 io.Model.Output(display_name="model", tooltip="The audio DiT as a flow-matching ComfyUI MODEL."),
                 io.Vae.Output(display_name="vae", tooltip="The Oobleck VAE (works with VAEDecodeAudio too)."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -57,7 +59,7 @@ class AudioStoryModelLoader(io.ComfyNode):
         want = {"planner": (llm_dtype(forced), mm.text_encoder_offload_device()),
                 "dit": (dit_dtype(forced), mm.unet_offload_device()),
                 "vae": (vae_dtype(forced), mm.vae_offload_device())}
-        loaded = load_components(paths, want)
+        loaded = load_components(paths, want, make_hooks(cls.hidden.unique_id))
         planner, dit, vae = loaded["planner"].planner, loaded["dit"].dit, loaded["vae"].vae
         llm_p, heads_p = cm.planner_patchers(planner)
         handle = PlannerHandle(planner=planner, null_embedding=loaded["dit"].null_embedding.detach().float().cpu(),
@@ -66,15 +68,28 @@ class AudioStoryModelLoader(io.ComfyNode):
         return io.NodeOutput(handle, cm.dit_model_patcher(dit, want["dit"][0]), cm.AudioStoryVAE(vae, want["vae"][0]))
 
 
-def load_components(paths, want: dict) -> dict:
+def load_components(paths, want: dict, hooks: Hooks = NO_HOOKS) -> dict:
     """Load planner/DiT/VAE with one ``load_models`` call per (dtype, offload device) group, so the
-    checkpoint is read once when they share a dtype. Returns {component: loaded result}."""
+    checkpoint is read once when they share a dtype. Returns {component: loaded result}.
+
+    Every load stage advances one progress bar and is a Cancel point (between stages nothing is half-built).
+    """
     groups: dict = {}
     for comp, key in want.items():
         groups.setdefault(key, []).append(comp)
+    parts = {key: {c: c in comps for c in ("planner", "dit", "vae")} for key, comps in groups.items()}
+    total, done = sum(len(load_stages(**p)) for p in parts.values()), 0
+
+    def on_stage(name: str) -> None:
+        nonlocal done
+        done += 1
+        hooks.report("load", done, total)
+        hooks.check()
+
+    hooks.report("load", 0, total)
     loaded = {}
     for (dt, device), comps in groups.items():
-        res = load_models(paths, dt, device, planner="planner" in comps, dit="dit" in comps, vae="vae" in comps)
+        res = load_models(paths, dt, device, on_stage=on_stage, **parts[(dt, device)])
         loaded.update({comp: res for comp in comps})
     for w in dict.fromkeys(w for res in loaded.values() for w in res.warnings):  # unknown keys etc., once each
         logging.warning("AudioStory: %s", w)

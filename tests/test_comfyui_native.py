@@ -136,8 +136,12 @@ def test_player_extension_is_served(comfy):
     assert '"AudioStorySaveAudio"' in js and '["AUDIO_UI", {}]' in js and "registerExtension" in js
 
 
-def _run_collecting_text(comfy, api: dict, timeout: float = 300) -> tuple[dict, list[tuple[str, str]]]:
-    """Run a prompt while listening on the websocket; returns (history entry, [(node id, progress text)])."""
+def _run_collecting_text(comfy, api: dict, timeout: float = 300, progress: list | None = None
+                         ) -> tuple[dict, list[tuple[str, str]]]:
+    """Run a prompt while listening on the websocket; returns (history entry, [(node id, progress text)]).
+
+    ``progress`` (when given) receives each progress-bar message's data (node, value, max).
+    """
     import aiohttp
 
     async def go():
@@ -159,6 +163,8 @@ def _run_collecting_text(comfy, api: dict, timeout: float = 300) -> tuple[dict, 
                         texts.append((msg.data[8:8 + n].decode(), msg.data[8 + n:].decode()))
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     m = json.loads(msg.data)
+                    if m["type"] == "progress" and progress is not None and m["data"].get("prompt_id") == pid:
+                        progress.append(m["data"])
                     if m["type"] in ("executing", "execution_error") and m["data"].get("prompt_id") == pid \
                             and (m["type"] == "execution_error" or m["data"].get("node") is None):
                         break
@@ -181,6 +187,20 @@ def test_planner_streams_readable_plan_text(comfy):
     assert len(events) == 3 and all(f"{i + 1}. [{e['duration']:g} s] {e['caption']}" in final
                                     for i, e in enumerate(events))
     assert any("1. [" in t for t in planner[:-1]), "events appear while generating, in the final form"
+
+
+def test_loader_shows_progress_through_its_load_stages(comfy):
+    code, _ = comfy.post("/free", {"unload_models": True, "free_memory": True})  # forget cached outputs too
+    assert code == 200
+    time.sleep(2.0)                                           # the idle worker applies the flags on wake-up
+    progress: list[dict] = []
+    entry, _ = _run_collecting_text(comfy, _plan_prompt(1577), progress=progress)
+    _ok(entry)
+    loader = [(d["value"], d["max"]) for d in progress if d["node"] == "1"]
+    assert loader, f"the loader reported no progress: {progress}"
+    values = [v for v, _ in loader]
+    total = loader[-1][1]
+    assert values == sorted(values) and values[-1] == total >= 5, loader  # null emb., VAE, LLM, heads, DiT, ...
 
 
 # ---------------------------------------------------------------- memory manager

@@ -254,6 +254,12 @@ def unknown_keys_warning(keys: list[str], source: Path) -> str:
             "Load with strict=True (--strict) to make this an error.")
 
 
+def load_stages(planner: bool = True, dit: bool = True, vae: bool = True) -> list[str]:
+    """The stages :func:`load_models` reports to ``on_stage``, in order (a host sizes its progress bar)."""
+    return ((["null_embedding"] if dit else []) + (["vae"] if vae else []) + (["llm", "heads"] if planner else [])
+            + (["dit"] if dit else []) + ["validate"])
+
+
 def load_models(paths: ModelPaths, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                 planner: bool = True, dit: bool = True, vae: bool = True, strict: bool = False,
                 on_stage: Optional[Callable[[str], None]] = None) -> AudioStoryModels:
@@ -261,8 +267,8 @@ def load_models(paths: ModelPaths, dtype: torch.dtype = torch.float32, device: t
 
     Missing and mis-shaped tensors always raise :class:`WeightsMismatchError`. Checkpoint keys that
     belong to no module are listed once in ``warnings`` and ignored, or raise with ``strict``.
-    ``on_stage(name)`` is called after each stage (``null_embedding``, ``vae``, ``llm``, ``heads``,
-    ``dit``, ``validate``): the load-memory benchmark reads the peak of each there.
+    ``on_stage(name)`` is called after each stage (:func:`load_stages`): the loader node advances its
+    progress bar and checks for Cancel there, the load-memory benchmark reads each stage's peak.
 
     Order keeps the host peak near one copy of the weights: T5 (a first load only) and the VAE, whose
     transient copies are the largest, go first while little is resident; the heap is trimmed after
