@@ -8,6 +8,7 @@ pack itself puts example media into the input folder (it copies its bundled exam
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from typing import Callable, Iterator, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = "comfyui-audiostory"
+TOOLS = REPO / "tools"
 
 # Every node id the pack registers; a missing one fails the tests. Add new nodes here.
 NODE_IDS = (
@@ -50,6 +52,13 @@ def comfyui_missing_hint() -> str:
 
 def comfyui_available() -> bool:
     return (comfyui_dir() / "main.py").is_file()
+
+
+def tool(name: str):
+    """A script from ``tools/`` (not a package) as a module: the workflow builder, the media maker."""
+    if str(TOOLS) not in sys.path:
+        sys.path.insert(0, str(TOOLS))
+    return importlib.import_module(name)
 
 
 def free_port() -> int:

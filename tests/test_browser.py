@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,18 +24,8 @@ from comfy_server import PACK
 from conftest import need
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import workflow_browser as wb  # noqa: E402
-
-
-def _builder():
-    spec = importlib.util.spec_from_file_location("build_workflows", ROOT / "tools" / "build_workflows.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-BUILD = _builder()
+wb = comfy_server.tool("workflow_browser")
+BUILD = comfy_server.tool("build_workflows")
 NAMES = sorted(BUILD.workflows())
 CHROMIUM = os.environ.get("AUDIOSTORY_CHROMIUM", wb.CHROMIUM)
 OPEN_WINDOW, FIT_WINDOW = BUILD.OPEN_VIEW, (1920, 1080)

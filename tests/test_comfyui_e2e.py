@@ -13,7 +13,6 @@ input + story - crossfade, input kept, the Planner's own prompt), bad inputs, Ca
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -34,24 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 API_DIR = ROOT / "workflows" / "api"
 UI_DIR = ROOT / "workflows"
 THUNDER = "A thunderstorm rolls over a quiet farm at night."
-
-
-def _builder():
-    spec = importlib.util.spec_from_file_location("build_workflows", ROOT / "tools" / "build_workflows.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _media():
-    spec = importlib.util.spec_from_file_location("make_example_media", ROOT / "tools" / "make_example_media.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-BUILD = _builder()
-MEDIA = _media()
+BUILD = comfy_server.tool("build_workflows")
+MEDIA = comfy_server.tool("make_example_media")
 OWN_WORKFLOWS = set(BUILD.workflows())                  # API names; UI files are BUILD.ui_file_name(name)
 EXAMPLE_VIDEO_CUTS, EXAMPLE_VIDEO_SECONDS = MEDIA.VIDEO_CUTS, MEDIA.VIDEO_SECONDS
 EXAMPLE_AUDIO_SECONDS, EXAMPLE_AUDIO_RATE = MEDIA.AUDIO_SECONDS, MEDIA.AUDIO_RATE
