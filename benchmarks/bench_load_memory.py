@@ -24,15 +24,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.rss import status_bytes  # noqa: E402
+
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def _vm(field: str) -> float:
-    """A /proc/self/status field in GB (Linux only)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024 / 1e9
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    """A /proc/self/status field in GB (Linux only: the per-stage peaks need /proc)."""
+    value = status_bytes(field)
+    if value is None:
+        raise RuntimeError(f"{field} not in /proc/self/status (this benchmark needs Linux)")
+    return value / 1e9
 
 
 def _reset_peak() -> None:
@@ -44,7 +47,6 @@ def child(models: str, dtype: str) -> None:
     """Load everything once and print one JSON line: seconds, peak and final RSS, and per stage."""
     import torch
 
-    sys.path.insert(0, str(REPO))
     from audiostory_core.models.config import locate
     from audiostory_core.models.loading import load_models
 

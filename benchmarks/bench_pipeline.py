@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.official_layout import SIZES, SizeSpec, write_random_checkpoint  # noqa: E402
+from benchmarks.rss import peak_rss_bytes  # noqa: E402
 
 STAGES = ("plan decode", "tokens", "sampling (all events)", "VAE decode", "stitch", "total")
 DESCRIPTION = "A synthetic benchmark story"
@@ -186,10 +186,22 @@ class OfficialBlockProcessor:
 
 
 # ------------------------------------------------------------------ the two paths
+def stitch(vae, clips, clock: Clock, t: dict, decoded_at: float, t0: float) -> torch.Tensor:
+    """Every column's last step, timed alike: clips to 32 kHz, 3 s crossfades; records stitch and total."""
+    from audiostory_core.stages.audio import crossfade_concat, resample
+
+    sr_vae = int(vae.config.sampling_rate)
+    audio = crossfade_concat([resample(c, sr_vae, 32000) for c in clips], 32000, 3.0)
+    now = clock.now()
+    t["stitch"] = now - decoded_at
+    t["total"] = now - t0
+    return audio
+
+
 def run_reference(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from audiostory_core.stages.audio import crossfade_concat, decode_clips, resample
+    from audiostory_core.stages.audio import decode_clips
     from audiostory_core.stages.event_tokens import clip_seconds
     from audiostory_core.stages.grammar import build_instruction
     from audiostory_core.stages.plan import plan_from_transcript, prompt_ids_for
@@ -235,17 +247,12 @@ def run_reference(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Cl
     clips = decode_clips(m.vae, lat, secs)
     t4 = clock.now()
     t["VAE decode"] = t4 - t3
-    sr_vae = int(m.vae.config.sampling_rate)
-    audio = crossfade_concat([resample(c, sr_vae, 32000) for c in clips], 32000, 3.0)
-    t5 = clock.now()
-    t["stitch"] = t5 - t4
-    t["total"] = t5 - t0
+    audio = stitch(m.vae, clips, clock, t, t4, t0)
     return {"times": t, "ids": gen, "semantic": sem, "latents": lat, "audio": audio, "plan": plan,
             "free_steps": steps_t.free(), "stats": {}}
 
 
 def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
-    from audiostory_core.stages.audio import crossfade_concat, resample
     from audiostory_core.stages.event_tokens import clip_seconds, event_tokens
     from audiostory_core.stages.fast_vae import decode_clips_fast
     from audiostory_core.stages.plan import generate_plan
@@ -275,11 +282,7 @@ def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) 
                               chunk_frames=chunk, overlap=perf.vae_overlap_frames)
     t4 = clock.now()
     t["VAE decode"] = t4 - t3
-    sr_vae = int(m.vae.config.sampling_rate)
-    audio = crossfade_concat([resample(c, sr_vae, 32000) for c in clips], 32000, 3.0)
-    t5 = clock.now()
-    t["stitch"] = t5 - t4
-    t["total"] = t5 - t0
+    audio = stitch(m.vae, clips, clock, t, t4, t0)
     return {"times": t, "ids": res.plan.transcript_ids, "semantic": toks.semantic, "latents": lat,
             "audio": audio, "plan": res.plan, "stats": stats, "free_steps": steps_t.free()}
 
@@ -287,7 +290,7 @@ def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) 
 def run_default(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
     """The library's defaults (``PerfOptions()``): token-by-token decode, all events in one sampling
     batch, one VAE call per clip. Only the token choice comes from the script."""
-    from audiostory_core.stages.audio import crossfade_concat, decode_clips, resample
+    from audiostory_core.stages.audio import decode_clips
     from audiostory_core.stages.event_tokens import clip_seconds, event_tokens
     from audiostory_core.stages.plan import generate_plan
     from audiostory_core.stages.sampling import sample_latents
@@ -310,11 +313,7 @@ def run_default(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Cloc
     clips = decode_clips(m.vae, lat, secs)
     t4 = clock.now()
     t["VAE decode"] = t4 - t3
-    sr_vae = int(m.vae.config.sampling_rate)
-    audio = crossfade_concat([resample(c, sr_vae, 32000) for c in clips], 32000, 3.0)
-    t5 = clock.now()
-    t["stitch"] = t5 - t4
-    t["total"] = t5 - t0
+    audio = stitch(m.vae, clips, clock, t, t4, t0)
     return {"times": t, "ids": res.plan.transcript_ids, "semantic": toks.semantic, "latents": lat,
             "audio": audio, "plan": res.plan, "stats": stats, "free_steps": steps_t.free()}
 
@@ -333,17 +332,18 @@ def _timed(fn, repeats: int, device: torch.device) -> dict:
 def cold_start(root: Path, device: str, dtype: str) -> dict:
     """Load the pipeline from disk in a fresh process; seconds, peak host RSS and VRAM there."""
     code = f"""
-import json, os, resource, sys, time, warnings
+import json, os, sys, time, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {str(ROOT)!r})
 import torch
 from audiostory_core.pipeline import AudioStoryPipeline
+from benchmarks.rss import peak_rss_bytes
 t = time.perf_counter()
 p = AudioStoryPipeline.from_pretrained({str(root)!r}, device={device!r}, dtype={dtype!r})
 if torch.cuda.is_available(): torch.cuda.synchronize()
 dt = time.perf_counter() - t
 vram = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-print(json.dumps({{"seconds": dt, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+print(json.dumps({{"seconds": dt, "peak_rss_gb": peak_rss_bytes() / 2**30,
                    "peak_vram_gb": vram}}))
 """
     env = dict(os.environ)
@@ -413,18 +413,8 @@ def run_column(column: str, root: Path, out: Path, device: str, dtype_name: str,
 
 
 def _own_peak_rss_gb() -> float:
-    """This process's own peak RSS in GiB: ``VmHWM`` on Linux.
-
-    ``ru_maxrss`` is not used where ``VmHWM`` exists: Linux carries it over ``fork`` + ``exec``, so a column
-    started from a large parent (pytest, say) would report the parent's peak instead of its own.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's own peak RSS in GiB (``VmHWM`` on Linux, see :mod:`benchmarks.rss`)."""
+    return peak_rss_bytes() / 2**30
 
 
 def _column_subprocess(column: str, root: Path, out: Path, args) -> dict:
