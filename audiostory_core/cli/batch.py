@@ -17,6 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .common import add_decode_args, add_render_args
+
 EXIT_FAILURES = 3      # the batch ran to its end, but some lines or stories failed (see manifest.jsonl)
 EXIT_INTERRUPTED = 130
 
@@ -31,19 +33,10 @@ def add_parser(sub, add_model_args) -> None:
     b.add_argument("--max-batch", type=int, default=1,
                    help="stories with the same steps/guidance/sampler sampled as one DiT batch (1 = each story "
                         "alone, bit-identical to generate; larger = faster, equal within float rounding)")
-    b.add_argument("--seed", type=int, default=0, help="default for stories without 'seed'")
-    b.add_argument("--steps", type=int, default=50)
-    b.add_argument("--guidance", type=float, default=4.0)
-    b.add_argument("--noise", choices=["reference", "seeded"], default="seeded")
-    b.add_argument("--sampler", choices=["euler", "heun", "dpmpp", "unipc"], default="euler")
-    b.add_argument("--sample-rate", type=int, default=32000)
-    b.add_argument("--crossfade", type=float, default=3.0)
-    b.add_argument("--crossfade-curve", choices=["linear", "equal_power"], default="linear")
-    b.add_argument("--max-new-tokens", type=int, default=1600)
-    b.add_argument("--lead-phrase", default="none", help="none (reference), random, or an index 0-19")
+    add_render_args(b, seed_help="default for stories without 'seed'")
+    add_decode_args(b)
     b.add_argument("--dist-timeout-min", type=float, default=24 * 60,
                    help="how long a finished rank waits for the others at the end (minutes)")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,28 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instruction", help="the story to tell")
     p.add_argument("--duration", type=float, help="total duration in seconds")
+    add_decode_args(p)
+
+
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    """How the planner decodes: every command that plans a story has these."""
     p.add_argument("--max-new-tokens", type=int, default=1600)
     p.add_argument("--lead-phrase", default="none",
                    help="none (instruction verbatim), random (inference.py with --seed), or an index 0-19")
+
+
+def add_render_args(p: argparse.ArgumentParser, seed_help: str = "seed of the per-event noise") -> None:
+    """Sampling, output and progress options: one definition for generate, dub, continue and batch."""
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--noise", choices=["reference", "seeded"], default="seeded",
+                   help="reference = official noise (seed 0, same for every clip); seeded = seed + event index")
+    p.add_argument("--sampler", choices=["euler", "heun", "dpmpp", "unipc"], default="euler")
+    p.add_argument("--sample-rate", type=int, default=32000, help="32000 (reference) or 44100 (VAE rate)")
+    p.add_argument("--crossfade", type=float, default=3.0)
+    p.add_argument("--crossfade-curve", choices=["linear", "equal_power"], default="linear")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def pipeline(args, planner=True, dit=True, vae=True):

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import AudioStoryError, GenerationInterrupted
-from .common import add_model_args, add_plan_args, check_args, clip_window, lead, pipeline, read_plan, tqdm_hooks
+from .common import (add_model_args, add_plan_args, add_render_args, check_args, clip_window, lead, pipeline,
+                     read_plan, tqdm_hooks)
 from .media import COMMANDS as _MEDIA_COMMANDS, add_parsers as _add_media_parsers  # dub, continue
 from .batch import COMMANDS as _BATCH_COMMANDS, add_parser as _add_batch_parser  # batch
 from .reroll import add_reroll_args, cmd_reroll, score_generated  # generate --reuse/--reroll/--score
@@ -28,17 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_args(g)
     g.add_argument("--out", required=True, help="output .wav or .flac")
     g.add_argument("--plan", help="use this plan JSON (edited or hand-written) instead of planning")
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--guidance", type=float, default=4.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--noise", choices=["reference", "seeded"], default="seeded",
-                   help="reference = official noise (seed 0, same for every clip); seeded = seed + event index")
-    g.add_argument("--sampler", choices=["euler", "heun", "dpmpp", "unipc"], default="euler")
-    g.add_argument("--sample-rate", type=int, default=32000, help="32000 (reference) or 44100 (VAE rate)")
-    g.add_argument("--crossfade", type=float, default=3.0)
-    g.add_argument("--crossfade-curve", choices=["linear", "equal_power"], default="linear")
+    add_render_args(g)
     g.add_argument("--dump", help="also write plan.json, tokens.safetensors, latents.safetensors and the wav here")
-    g.add_argument("--quiet", action="store_true")
     add_reroll_args(g)
 
     p = sub.add_parser("plan", help="print the story plan as JSON")

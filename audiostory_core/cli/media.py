@@ -6,26 +6,11 @@ render and mux; every output file is written atomically at the end.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
 from pathlib import Path
 
-from .common import check_args, lead, pipeline, read_plan, tqdm_hooks
-
-
-def _add_render_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise", choices=["reference", "seeded"], default="seeded")
-    p.add_argument("--sampler", choices=["euler", "heun", "dpmpp", "unipc"], default="euler")
-    p.add_argument("--sample-rate", type=int, default=32000)
-    p.add_argument("--crossfade", type=float, default=3.0)
-    p.add_argument("--crossfade-curve", choices=["linear", "equal_power"], default="linear")
-    p.add_argument("--max-new-tokens", type=int, default=1600)
-    p.add_argument("--lead-phrase", default="none", help="none (reference), random, or an index 0-19")
-    p.add_argument("--quiet", action="store_true")
+from .common import add_decode_args, add_render_args, check_args, lead, pipeline, read_plan, tqdm_hooks
 
 
 def add_parsers(sub, add_model_args) -> None:
@@ -50,7 +35,8 @@ def add_parsers(sub, add_model_args) -> None:
     d.add_argument("--existing-audio", choices=["replace", "mix"], default="replace")
     d.add_argument("--mix-gain-db", type=float, default=-12.0, help="gain of the original audio when mixing")
     d.add_argument("--audio-codec", help="override: aac, libopus, ...")
-    _add_render_args(d)
+    add_render_args(d)
+    add_decode_args(d)
 
     c = sub.add_parser("continue", help="audio clip + instruction -> the clip followed by its continuation")
     add_model_args(c)
@@ -67,7 +53,8 @@ def add_parsers(sub, add_model_args) -> None:
     c.add_argument("--placeholder", default="<aud>,<aud_{:05d}>,</aud>",
                    help="open,slot,close tokens of the audio placeholders (slot may contain {:05d})")
     c.add_argument("--plan-out", help="also write the plan JSON here")
-    _add_render_args(c)
+    add_render_args(c)
+    add_decode_args(c)
 
 
 def _search_dirs(args) -> list[Path]:
