@@ -207,3 +207,66 @@ def test_cli_continue(shared_root, whisper_dir, tmp_path, monkeypatch):
     rc = main(["continue", "--models", str(shared_root), "--audio", str(silent), "--instruction", "x",
                "--duration", "5", "--out", str(tmp_path / "never.wav"), "--device", "cpu", "--quiet"])
     assert rc == 2 and not (tmp_path / "never.wav").exists()
+
+
+def _planner_inputs(planner):
+    """Spy on the LLM: the input embeddings of every forward that gets embeddings (prompt, teacher forcing)."""
+    seen: list[torch.Tensor] = []
+
+    def grab(module, args, kwargs):
+        if kwargs.get("inputs_embeds") is not None:
+            seen.append(kwargs["inputs_embeds"][0].detach().clone())
+
+    return seen, planner.llm.model.register_forward_pre_hook(grab, with_kwargs=True)
+
+
+def test_continuation_feeds_the_input_audio_to_the_planner(shared_pipeline, tensors, whisper, clip):
+    """What reaches the LLM at the audio placeholder slots is the Whisper features of THIS clip: two
+    different clips give different planner inputs there, and the same text everywhere else."""
+    planner = shared_pipeline.models.planner
+    tok = planner.tokenizer
+    loud = check_input_audio(tone(4.0, 44100, freq=2000.0, amp=0.9), 44100)
+    got = {}
+    for name, audio in (("tone", clip), ("loud", loud)):
+        ctx = build_audio_context(planner, audio, checkpoint_tensors=tensors, whisper=whisper)
+        seen, hook = _planner_inputs(planner)
+        try:
+            res = continue_audio(shared_pipeline, ctx, *STORY, steps=1, crossfade=3.0, output="continuation")
+        finally:
+            hook.remove()
+        prompt = res.plan_result.prompt_ids
+        slots = [i for i, t in enumerate(tok.convert_ids_to_tokens(prompt)) if t.startswith("<aud_0")]
+        assert len(slots) == ctx.embeds.shape[0] == 4
+        assert seen, "the planner was never given input embeddings"
+        for emb in seen:            # the plan prompt and the teacher-forced event-token pass
+            assert torch.equal(emb[slots], ctx.embeds.to(emb.dtype))
+        assert "The input audio contains" not in tok.decode(prompt)      # no silent text fallback
+        assert not any("instead" in p for p in res.problems)
+        got[name] = (seen[0], slots)
+    (a, slots), (b, _) = got["tone"], got["loud"]
+    assert not torch.allclose(a[slots], b[slots])
+    rest = [i for i in range(a.shape[0]) if i not in slots]
+    assert torch.equal(a[rest], b[rest])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_text_fallback_is_used_only_when_asked(shared_pipeline, tensors, whisper, clip, monkeypatch):
+    """Text mode (asked for): the description goes into the instruction and no audio slot is in the prompt."""
+    import audiostory_core.tasks.continuation as cont
+
+    planner = shared_pipeline.models.planner
+    ctx = build_audio_context(planner, clip, checkpoint_tensors=tensors, whisper=whisper, mode="text",
+                              description="rain on a farmhouse roof")
+    asked = {}
+
+    def spy(planner, description, duration, *, context=None, **kw):
+        asked.update(description=description, context=context)
+        raise _Stop
+
+    monkeypatch.setattr(cont, "generate_plan", spy)
+    with pytest.raises(_Stop):
+        continue_audio(shared_pipeline, ctx, *STORY, steps=1, crossfade=3.0, output="continuation")
+    assert asked == {"description": "The input audio contains rain on a farmhouse roof. " + STORY[0], "context": None}
