@@ -341,3 +341,61 @@ cm.load([a])
 print(json.dumps({"both": both, "first": first, "after": after, "again": again, "reloaded": cm.is_loaded(a)}))
 ''')
     assert r == {"both": [True, True], "first": True, "after": [False, True], "again": False, "reloaded": True}
+
+
+def test_planner_node_puts_the_earlier_chapter_before_the_new_instruction(shared_root):
+    """Through the Planner node's own code (``run_planner``, ComfyUI importable): chapter 2's prompt is the
+    chat of chapter 1 (its instruction, then the planner's answer with its reasoning and captions), then
+    chapter 2's turn. Oracle: the tokenizer's own Qwen chat template for the system and user turns, and
+    chapter 1's plan as the planner wrote it."""
+    r = _run_in_comfy(r'''
+from pathlib import Path
+planner_node = importlib.import_module("audiostory_pack.nodes.planner")
+logic = importlib.import_module("audiostory_pack.nodes.logic")
+loading = importlib.import_module("audiostory_pack.audiostory_core.models.loading")
+config = importlib.import_module("audiostory_pack.audiostory_core.models.config")
+memory = importlib.import_module("audiostory_pack.audiostory_core.tasks.memory")
+tokens = importlib.import_module("audiostory_pack.audiostory_core.stages.event_tokens")
+pl = loading.load_models(config.locate(Path(%r)), dit=False, vae=False).planner
+llm_p, heads_p = cm.planner_patchers(pl)             # as the Loader node wraps them
+handle = logic.PlannerHandle(planner=pl, null_embedding=torch.zeros(1), audio_seq_len=176,
+                             llm_patcher=llm_p, heads_patcher=heads_p)
+prompts = []
+real = planner_node.generate_plan
+def spy(*a, context=None, **k):
+    res = real(*a, context=context, **k)
+    prompts.append(res.prompt_ids)
+    return res
+planner_node.generate_plan = spy
+one, _ = planner_node.run_planner(handle, "A fire truck leaves the station with sirens blaring.", 7.5, 256,
+                                  None, None, "1")
+toks = tokens.event_tokens(pl, one.plan, one)
+mem = memory.StoryMemory().add_chapter(one.plan, toks.semantic, toks.residual)
+try:                                  # 16 tokens: only the prompt matters here, not chapter 2's plan
+    planner_node.run_planner(handle, "The fire truck arrives at a burning house.", 6.0, 16, mem, None, "2")
+except planner_node.PlanError:
+    pass
+tok = pl.tokenizer
+print(json.dumps({"one": tok.decode(prompts[0]), "two": tok.decode(prompts[1]),
+                  "plan": json.loads(one.plan.to_json())}))
+''' % str(shared_root))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(shared_root / "tokenizer")
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    i1 = "A fire truck leaves the station with sirens blaring. The total duration is 7.5 seconds."
+    i2 = "The fire truck arrives at a burning house. The total duration is 6.0 seconds."
+    turn = lambda *msgs: tok.apply_chat_template([system, *msgs], tokenize=False, add_generation_prompt=True)
+    assert r["one"] == turn({"role": "user", "content": i1}) + "<|think|>"          # the official prompt
+    two = r["two"]
+    assert two.startswith(r["one"])                          # chapter 1's turn first, as chapter 1 saw it
+    tail = turn({"role": "user", "content": i2})[len(turn()) - len("<|im_start|>assistant\n"):] + "<|think|>"
+    assert two.endswith("<|im_end|>\n" + tail)               # then chapter 2's instruction, last
+    answer = two[len(r["one"]):-len("<|im_end|>\n" + tail)]
+    assert "<|im_start|>" not in answer and "<|im_end|>" not in answer      # one assistant turn in between
+    plan = r["plan"]
+    assert answer.startswith(plan["reasoning"].strip()[:40])
+    where = [answer.index(f"<|gen|>{e['caption']}") for e in plan["events"]]
+    assert where == sorted(where) and len(where) == len(plan["events"]) >= 1
+    for e in plan["events"]:
+        assert f"<timestamp>{e['duration']:g}" in answer or f"<timestamp>{e['duration']}" in answer
