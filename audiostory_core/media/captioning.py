@@ -18,6 +18,7 @@ import torch
 
 from ..errors import InputError, ModelFilesError
 from ..progress import Hooks, as_hooks
+from ..shapes import check_loading_info
 from .video import SceneList
 
 DEFAULT_VLM = "Qwen2.5-VL-3B-Instruct"
@@ -97,8 +98,9 @@ class VisionCaptioner:
         local = Path(src).is_dir()
         try:
             processor = AutoProcessor.from_pretrained(src)
-            model = AutoModelForImageTextToText.from_pretrained(
-                src, **(dtype_kwarg(dtype) if dtype is not None else {}))
+            model, info = AutoModelForImageTextToText.from_pretrained(
+                src, output_loading_info=True, ignore_mismatched_sizes=True,
+                **(dtype_kwarg(dtype) if dtype is not None else {}))
         except OSError as e:
             if not local:
                 raise ModelFilesError(
@@ -108,6 +110,8 @@ class VisionCaptioner:
             raise _load_error(str(name), e, "vision-language model") from e
         except (ValueError, KeyError) as e:
             raise _load_error(str(name), e, "vision-language model") from e
+        check_loading_info(f"Vision-language model weights in {src}", info,
+                           hint=f"Download '{name}' again into its folder under models/audiostory/.")
         if getattr(processor, "chat_template", None) is None:
             raise ModelFilesError(f"The processor of '{name}' has no chat template; use an instruction-tuned VLM.")
         return cls(model=model.to(device).eval(), processor=processor, **kw)

@@ -7,6 +7,7 @@ later runs never load T5.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -14,6 +15,7 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from ..errors import ModelFilesError
+from ..shapes import check_shapes
 from .weights import T5_PREFIX
 
 CACHE_ENV = "AUDIOSTORY_CACHE"
@@ -96,6 +98,14 @@ def compute_null_embedding(t5_dir: Path, n_tokens: int, dtype: torch.dtype,
     return out.detach().cpu().clone()
 
 
+def t5_width(t5_dir: Path) -> Optional[int]:
+    """T5's d_model from its config.json (None when unreadable: the width is then not checked)."""
+    try:
+        return int(json.loads((Path(t5_dir) / "config.json").read_text())["d_model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch.dtype,
                     t5_weights: Optional[Mapping[str, torch.Tensor]] = None,
                     sources: Optional[list[Path]] = None,
@@ -114,10 +124,13 @@ def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch
                 from safetensors import safe_open
                 with safe_open(str(f), "pt") as fh:
                     meta = fh.metadata() or {}
-                if meta.get("fingerprint") == fp and "null_embedding" in data:
-                    return data["null_embedding"], f
+                if meta.get("fingerprint") != fp or "null_embedding" not in data:
+                    continue
             except Exception:
-                pass  # unreadable cache: recompute
+                continue  # unreadable cache: recompute
+            check_shapes(f"The cached null embedding {f}", data, {"null_embedding": (1, n_tokens, t5_width(t5_dir))},
+                         hint=f"Delete it (rm '{f}'); the next load computes it again from T5.")
+            return data["null_embedding"], f
     emb = compute_null_embedding(t5_dir, n_tokens, dtype, t5_weights, device, release)
     for d in cache_dirs(weights_dir):
         try:

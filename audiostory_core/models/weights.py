@@ -26,6 +26,7 @@ import torch
 
 from .config import LoraSpec
 from ..errors import ModelFilesError, WeightsMismatchError
+from ..shapes import shape_problem
 
 LLM_PREFIX = "seedx.llm.base_model.model."
 HEAD_PREFIXES = {"seedx.projector.": "projector.", "seedx.audio_projector.": "audio_projector.",
@@ -226,8 +227,10 @@ def llm_state_dict(ckpt: Mapping[str, torch.Tensor], expected: Mapping[str, torc
                     a, b = ckpt[a_key], ckpt[b_key]
                     consumed.extend((a, b))
                     used.update((a_key, b_key))
-                    if a.shape != (lora.r, shape[1]) or b.shape != (shape[0], lora.r):
-                        wrong.append(f"{a_key}/{b_key}: {tuple(a.shape)}/{tuple(b.shape)} vs r={lora.r}")
+                    bad = [p for p in (shape_problem(a_key, a, (lora.r, shape[1]), "checkpoint", "model"),
+                                       shape_problem(b_key, b, (shape[0], lora.r), "checkpoint", "model")) if p]
+                    if bad:
+                        wrong.extend(bad)
                         t = None
                     else:
                         t = t.float() + lora.scaling * (b.float() @ a.float())

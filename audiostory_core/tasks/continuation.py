@@ -29,6 +29,8 @@ from torch import nn
 from ..stages.audio import crossfade_concat, resample
 from ..media.captioning import resolve_model_dir
 from ..errors import InputError, ModelFilesError
+from ..models.weights import strict_load
+from ..shapes import check_loading_info
 from ..stages.event_tokens import event_tokens
 from ..stages.grammar import build_instruction, encode_prompt
 from ..stages.plan import PlanResult, PromptContext, generate_plan
@@ -104,11 +106,8 @@ def load_resampler(spec: ResamplerSpec, tensors: Mapping[str, torch.Tensor], llm
         raise ModelFilesError(f"whisper_resampler_llava projects to {spec.tgt_embed_dim} but the LLM is "
                               f"{llm_width} wide; config.yaml and checkpoint do not belong together.")
     mod = WhisperResampler(spec.token_num, spec.ori_embed_dim, spec.tgt_embed_dim)
-    state = resampler_state(tensors)
-    try:
-        mod.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as e:
-        raise ModelFilesError(f"whisper_resampler_llava weights do not match config.yaml: {e}") from e
+    strict_load(mod, resampler_state(tensors), f"whisper_resampler_llava weights ({RESAMPLER_PREFIX}*)",
+                torch.float32, hint="config.yaml and checkpoint do not belong together.", key_prefix=RESAMPLER_PREFIX)
     return mod.to(device=device, dtype=dtype).eval()
 
 
@@ -131,12 +130,16 @@ class WhisperFeatures:
         src = resolve_model_dir(name, search_dirs, what="Whisper model", example="openai/whisper-large-v3")
         try:
             fe = WhisperFeatureExtractor.from_pretrained(src)
-            model = WhisperModel.from_pretrained(src, **dtype_kwarg(dtype))
+            model, info = WhisperModel.from_pretrained(src, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                       **dtype_kwarg(dtype))
         except (OSError, ValueError, KeyError) as e:
             raise ModelFilesError(
                 f"Cannot load the Whisper model '{name}': {e}. It needs config.json, the weights and "
                 "preprocessor_config.json (e.g. `huggingface-cli download openai/whisper-large-v3 "
                 "--local-dir models/audiostory/whisper-large-v3`).") from e
+        check_loading_info(f"Whisper weights in {src}", info,
+                           hint="Download the model again (e.g. `huggingface-cli download openai/whisper-large-v3 "
+                                "--local-dir models/audiostory/whisper-large-v3`).")
         if fe.feature_size != model.config.num_mel_bins:
             raise ModelFilesError(f"Whisper '{name}': the feature extractor makes {fe.feature_size} mel bins but "
                                   f"the encoder expects {model.config.num_mel_bins}.")

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from ..atomic import atomic_write
-from ..errors import InputError
+from ..errors import InputError, WeightsMismatchError
 
 MEMORY_FORMAT = "audiostory-memory/1"
 
@@ -134,12 +134,32 @@ class StoryMemory:
                     events.append(RememberedEvent(int(m["chapter"]), str(m["caption"]), float(m["duration"]),
                                                   fh.get_tensor(f"event{i}.semantic").float(),
                                                   fh.get_tensor(f"event{i}.residual").float()))
-        except InputError:
+        except (InputError, WeightsMismatchError):
             raise
         except Exception as e:
             raise InputError(f"Cannot read memory file {path}: {e}") from e
+        check_memory_shapes(path, events)
         return cls(window=int(meta["window"]), strength=float(meta["strength"]),
                    chapters=tuple(meta["chapters"]), events=tuple(events))
+
+
+def check_memory_shapes(path, events) -> None:
+    """Every remembered event holds [N, D] semantic and [M, D] residual tokens in the token space
+    (D = TOKEN_DIM), with the same N and M as the first event (one planner wrote them)."""
+    from ..models.modules import TOKEN_DIM
+    from ..shapes import check_shapes
+
+    if not events:
+        return
+    n, m = events[0].semantic.shape[0] if events[0].semantic.dim() == 2 else None, \
+        events[0].residual.shape[0] if events[0].residual.dim() == 2 else None
+    tensors, expected = {}, {}
+    for i, ev in enumerate(events):
+        tensors[f"event{i}.semantic"], expected[f"event{i}.semantic"] = ev.semantic, (n, TOKEN_DIM)
+        tensors[f"event{i}.residual"], expected[f"event{i}.residual"] = ev.residual, (m, TOKEN_DIM)
+    check_shapes(f"Memory file {path}", tensors, expected,
+                 hint="It was not written by this pack's memory node (or was edited). Start a new memory "
+                      "(mode 'new') and save it again.")
 
 
 # ---------------------------------------------------------------- planning with memory

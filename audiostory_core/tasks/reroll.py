@@ -114,6 +114,7 @@ def read_dump(folder: Union[str, Path]) -> Dump:
         absent = [k for k in keys if k not in d]
         if absent:
             raise InputError(f"{folder / name} lacks {absent}; it was not written by --dump.")
+    check_dump_shapes(f"The --reuse folder {folder}", None, toks, lat["latents"])
     e = len(plan.events)
     if lat["latents"].dim() != 3 or lat["latents"].shape[0] != e or toks["fused"].shape[0] != e:
         raise InputError(f"{folder}: plan.json has {e} events but the tensors hold "
@@ -125,6 +126,22 @@ def read_dump(folder: Union[str, Path]) -> Dump:
     tokens = EventTokens(semantic=toks["semantic"], residual=toks["residual"], fused=toks["fused"],
                          durations=plan.durations)
     return Dump(folder=folder, plan=plan, tokens=tokens, latents=lat["latents"], settings=settings)
+
+
+def check_dump_shapes(source: str, events: Optional[int], toks: dict, latents: torch.Tensor,
+                      n_queries: Optional[int] = None, frames: Optional[int] = None,
+                      channels: Optional[int] = None) -> None:
+    """The --dump format: semantic/fused [E, N, D], residual [E, M, D] (D = TOKEN_DIM), latents
+    [E, frames, channels]; N, frames and channels are the model's when given."""
+    from ..models.modules import TOKEN_DIM
+    from ..shapes import check_shapes
+
+    sem = toks.get("semantic")
+    n = n_queries if n_queries is not None else (int(sem.shape[1]) if sem is not None and sem.dim() == 3 else None)
+    check_shapes(source, {**toks, "latents": latents},
+                 {"semantic": (events, n, TOKEN_DIM), "residual": (events, None, TOKEN_DIM),
+                  "fused": (events, n, TOKEN_DIM), "latents": (events, frames, channels)},
+                 hint="Write it again with `python -m audiostory_core generate ... --dump DIR` (the same models).")
 
 
 def edited_events(plan: StoryPlan, previous: StoryPlan) -> list[int]:
@@ -186,6 +203,10 @@ def reroll(pipe: "AudioStoryPipeline", plan: StoryPlan, previous_tokens: EventTo
             raise InputError(f"Events {format_events(edited)} were edited, so their tokens must be re-encoded: "
                              "load the planner (LLM) too.")
         fresh = pipe.tokens(plan, hooks)
+    dit = pipe.models.dit
+    check_dump_shapes("The previous render (tokens, latents)", len(plan.events), vars(previous_tokens), previous_latents,
+                      n_queries=int(pipe.models.null_embedding.shape[1]), frames=int(dit.config.audio_seq_len),
+                      channels=int(dit.config.in_channels))
     tokens = merge_tokens(previous_tokens, fresh, edited, plan.durations)
     problems = list(plan.problems) + pipe.check_durations(plan.durations, crossfade)
     lat = pipe.sample(tokens, crossfade=crossfade, steps=steps, guidance=guidance, noise=noise, seed=seed,

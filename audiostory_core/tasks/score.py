@@ -22,6 +22,7 @@ import torch
 
 from ..atomic import atomic_write
 from ..errors import InputError, ModelFilesError
+from ..shapes import check_loading_info
 from ..stages.event_tokens import clip_seconds
 from ..stages.plan import StoryPlan
 
@@ -68,14 +69,13 @@ class ClapScorer:
 
         folder = Path(folder)
         try:
-            model, info = ClapModel.from_pretrained(str(folder), output_loading_info=True, torch_dtype=dtype)
+            model, info = ClapModel.from_pretrained(str(folder), output_loading_info=True, torch_dtype=dtype,
+                                                    ignore_mismatched_sizes=True)
             processor = ClapProcessor.from_pretrained(str(folder))
         except (OSError, ValueError) as e:
             raise ModelFilesError(f"Cannot load CLAP from {folder}: {e}") from e
-        bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-        if bad:
-            raise ModelFilesError(f"CLAP weights in {folder} do not match its config.json: "
-                                  + "; ".join(f"{k}: {list(v)[:10]}" for k, v in bad.items()))
+        check_loading_info(f"CLAP weights in {folder}", info, unexpected_fatal=True,
+                           hint="They do not match its config.json; download the CLAP model again.")
         return cls(model.to(device), processor, device, name=folder.name)
 
     @property
