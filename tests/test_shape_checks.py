@@ -29,6 +29,7 @@ def wrong_shapes(t: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 KINDS = ["[1, in]", "transposed", "1-D"]
+KIND_IDS = ["one_row", "transposed", "vector"]
 
 
 def _rewrite_safetensors(f: Path, key: str, value: torch.Tensor) -> None:
@@ -45,12 +46,12 @@ def _names(err: WeightsMismatchError, key: str, found: torch.Tensor, expected: s
 
 
 # ---------------------------------------------------------------- LLM base weight and LoRA
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 @pytest.mark.parametrize("key,expected", [
     (P + "model.layers.1.mlp.up_proj.weight", "(128, 64)"),                # frozen base weight (LoRA target)
     (P + "model.layers.1.mlp.up_proj.lora_A.default.weight", "(8, 64)"),   # LoRA A [r, in], r = 8
     (P + "model.layers.1.mlp.up_proj.lora_B.default.weight", "(128, 8)"),  # LoRA B [out, r]
-])
+], ids=["base", "lora_A", "lora_B"])
 def test_llm_weight_of_the_wrong_shape_is_named(tiny_root, tmp_path, key, expected, kind):
     root = tmp_path / "m"
     shutil.copytree(tiny_root, root)
@@ -67,7 +68,7 @@ def test_llm_weight_of_the_wrong_shape_is_named(tiny_root, tmp_path, key, expect
 
 
 # ---------------------------------------------------------------- memory files
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_memory_file_tensor_of_the_wrong_shape_is_named(tmp_path, kind):
     from audiostory_core.stages.plan import StoryPlan
     from audiostory_core.tasks.memory import StoryMemory
@@ -95,7 +96,7 @@ def _dump(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_dump_tensor_of_the_wrong_shape_is_named(tmp_path, kind):
     from audiostory_core.tasks.reroll import read_dump
 
@@ -126,7 +127,7 @@ def test_dump_tokens_must_fit_the_loaded_models(tiny_pipeline):
 
 
 # ---------------------------------------------------------------- null-embedding cache
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_cached_null_embedding_of_the_wrong_shape_is_named(tiny_root, tmp_path, monkeypatch, kind):
     monkeypatch.delenv("AUDIOSTORY_CACHE", raising=False)  # then the model folder (a copy) is the cache
     root = tmp_path / "m"
@@ -142,7 +143,7 @@ def test_cached_null_embedding_of_the_wrong_shape_is_named(tiny_root, tmp_path, 
 
 
 # ---------------------------------------------------------------- audio understanding (Whisper resampler)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_whisper_resampler_weight_of_the_wrong_shape_is_named(shared_pipeline, kind):
     from audiostory_core.models.loading import Checkpoint
     from audiostory_core.tasks.continuation import ResamplerSpec, load_resampler
@@ -183,7 +184,7 @@ def _load(kind: str, folder: Path):
     return VisionCaptioner.from_pretrained(folder.name, search_dirs=[folder.parent])
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 @pytest.mark.parametrize("model", ["whisper", "clap", "vlm"])
 def test_media_model_weight_of_the_wrong_shape_is_named(media_models, tmp_path, model, kind):
     folder = tmp_path / media_models[model].name
