@@ -189,6 +189,46 @@ def test_planner_streams_readable_plan_text(comfy):
     assert any("1. [" in t for t in planner[:-1]), "events appear while generating, in the final form"
 
 
+def test_chapter_two_is_planned_with_chapter_one_in_memory(comfy, shared_pipeline):
+    """In the running ComfyUI: Memory(new) -> Planner(ch. 1) -> Event Tokens -> memory -> Planner(ch. 2).
+    Without memory the tiny planner writes the fixture README's cafe plan (oracle: the official fixture);
+    with chapter 1 as an earlier chat turn it writes another one: the plan the library makes from that
+    chat (chapter 1's plan as ComfyUI wrote it)."""
+    import torch
+
+    from audiostory_core.stages.grammar import build_instruction
+    from audiostory_core.stages.plan import StoryPlan, generate_plan
+    from audiostory_core.tasks.memory import StoryMemory, with_history
+
+    cafe, total = "A busy morning in a small city cafe.", 14.0
+    readme_cafe = [("a door bell rings and people chat", 3.0), ("an espresso machine hisses and cups clink", 4.0),
+                   ("a spoon stirs coffee in a mug", 2.0), ("soft music plays while rain taps the window", 5.0)]
+    api = {k: v for k, v in _api().items() if k == "1"}
+    api["2"] = {"class_type": "AudioStoryConsistencyMemory",
+                "inputs": {"mode": "new", "path": "audiostory/memory/story", "window": 8, "strength": 0.5}}
+    api["3"] = {"class_type": "AudioStoryPlanner",
+                "inputs": {"planner": ["1", 0], "instruction": "A thunderstorm rolls over a quiet farm at night.",
+                           "total_duration": 12.0, "max_new_tokens": 1600}}
+    api["4"] = {"class_type": "AudioStoryEventTokens",
+                "inputs": {"planner": ["1", 0], "plan": ["3", 0], "crossfade": 3.0, "memory": ["2", 0]}}
+    api["5"] = {"class_type": "AudioStoryPlanner",
+                "inputs": {"planner": ["1", 0], "instruction": cafe, "total_duration": total, "max_new_tokens": 256,
+                           "memory": ["4", 3]}}
+    entry = _ok(comfy.run(api))
+    chapter1 = StoryPlan.from_json(entry["outputs"]["3"]["text"][0])
+    got = [(e.caption, e.duration) for e in StoryPlan.from_json(entry["outputs"]["5"]["text"][0]).events]
+    assert got != readme_cafe, "chapter 2 was planned as if there were no chapter 1"
+
+    pl = shared_pipeline.models.planner
+    n = len(chapter1.events)
+    mem = StoryMemory().add_chapter(chapter1, torch.zeros(n, 8, 1024), torch.zeros(n, 4, 1024))  # plans only
+    chat = with_history(pl.tokenizer, pl.ids, mem, build_instruction(cafe, total), None)
+    want = generate_plan(pl, cafe, total, max_new_tokens=256, context=chat).plan
+    assert got == [(e.caption, e.duration) for e in want.events]
+    alone = generate_plan(pl, cafe, total, max_new_tokens=256).plan
+    assert [(e.caption, e.duration) for e in alone.events] == readme_cafe    # the oracle holds here too
+
+
 def test_loader_shows_progress_through_its_load_stages(comfy):
     code, _ = comfy.post("/free", {"unload_models": True, "free_memory": True})  # forget cached outputs too
     assert code == 200
