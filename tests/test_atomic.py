@@ -86,10 +86,10 @@ def test_memory_save_that_fails_keeps_the_previous_memory(tmp_path, monkeypatch)
     import safetensors.torch
 
     plan = StoryPlan.from_dict({"events": [{"caption": "rain", "duration": 3.0}]})
-    mem = StoryMemory().add_chapter(plan, torch.randn(1, 8, 16), torch.randn(1, 4, 16))
+    mem = StoryMemory().add_chapter(plan, torch.randn(1, 8, 1024), torch.randn(1, 4, 1024))
     target = mem.save(tmp_path / "memory.safetensors")
     before = target.read_bytes()
-    bigger = mem.add_chapter(plan, torch.randn(1, 8, 16), torch.randn(1, 4, 16))
+    bigger = mem.add_chapter(plan, torch.randn(1, 8, 1024), torch.randn(1, 4, 1024))
     monkeypatch.setattr(safetensors.torch, "save_file", lambda t, file, metadata=None: _disk_full(file))
     with pytest.raises(OSError, match="No space left"):
         bigger.save(target)

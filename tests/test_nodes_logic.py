@@ -143,10 +143,10 @@ def test_memory_paths_and_modes(logic, core, tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         logic.memory_for("load", None, f, 4, 0.5)
     plan = _plan(core, (4.0, 3.5, 2.0))
-    mem = empty.add_chapter(plan, torch.randn(3, 8, 16), torch.randn(3, 4, 16))
-    mem = mem.add_chapter(_plan(core, (5.0, 1.0)), torch.randn(2, 8, 16), torch.randn(2, 4, 16))
+    mem = empty.add_chapter(plan, torch.randn(3, 8, 1024), torch.randn(3, 4, 1024))   # the token width
+    mem = mem.add_chapter(_plan(core, (5.0, 1.0)), torch.randn(2, 8, 1024), torch.randn(2, 4, 1024))
     assert len(mem.events) == 4 and mem.chapter_count == 2 and mem.remembered_chapters() == [0, 1]
-    assert mem.residual_bank().shape == (16, 16)
+    assert mem.residual_bank().shape == (16, 1024)
     saved = logic.memory_for("save", mem, f, 4, 0.25)
     assert f.is_file() and not list(f.parent.glob("*.part"))
     loaded = logic.memory_for("load", None, f, 4, 0.25)
