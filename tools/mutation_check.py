@@ -129,7 +129,7 @@ def child_env() -> dict[str, str]:
 
 
 def pytest(root: Path, args: tuple[str, ...], env: dict[str, str]) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-rs", *args]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-rfEs", *args]
     p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     return p.returncode, p.stdout + p.stderr
 
