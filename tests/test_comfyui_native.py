@@ -214,6 +214,8 @@ def test_chapter_two_is_planned_with_chapter_one_in_memory(comfy, shared_pipelin
     api["5"] = {"class_type": "AudioStoryPlanner",
                 "inputs": {"planner": ["1", 0], "instruction": cafe, "total_duration": total, "max_new_tokens": 256,
                            "memory": ["4", 3]}}
+    api["98"] = {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}}    # output nodes: run both planners
+    api["99"] = {"class_type": "PreviewAny", "inputs": {"source": ["5", 1]}}
     entry = _ok(comfy.run(api))
     chapter1 = StoryPlan.from_json(entry["outputs"]["3"]["text"][0])
     got = [(e.caption, e.duration) for e in StoryPlan.from_json(entry["outputs"]["5"]["text"][0]).events]
