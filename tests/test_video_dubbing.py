@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from audiostory_core.media.captioning import (SOUND_PROMPT, VisionCaptioner, apply_captions, clean_caption,
                                         parse_captions, to_pil)
@@ -18,6 +19,7 @@ from audiostory_core.tasks.dubbing import (dub_video, dubbing_plan, force_scene_
 from audiostory_core.errors import InputError, ModelFilesError
 from audiostory_core.stages.event_tokens import event_tokens
 from audiostory_core.stages.plan import StoryPlan
+from audiostory_core.media.mux import mux_audio_onto_video
 from audiostory_core.media.video import detect_scenes, probe_video, scenes_from_dict
 from synthetic_media import SHOT_COLOURS, write_audio_only, write_video, write_video_without_frames
 from tiny_media_models import build_tiny_vlm
@@ -227,6 +229,24 @@ def test_webm_keeps_and_mixes_the_original_audio_under_the_new_one(shared_pipeli
         spec = np.abs(np.fft.rfft(audio[0]))
         energy[mode] = spec[int(440 * audio.shape[1] / rate)]
     assert energy["mix"] > 10 * energy["replace"]                         # the 440 Hz original is under it
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mp4"])
+def test_soundtrack_starts_at_the_first_frame_of_a_video_that_starts_late(tmp_path, ext):
+    """A clip cut from a longer film keeps its timestamps: here the first frame is at 1.0 s. A click 0.5 s
+    into the soundtrack must be heard 0.5 s after that frame, i.e. at 1.5 s on the container clock."""
+    v = write_video(tmp_path / f"late{ext}", cuts=[], duration=2.0, audio=False,
+                    frame_times=[1.0 + i / 24 for i in range(48)])
+    soundtrack = torch.zeros(1, 2 * 48000)
+    soundtrack[0, 24000:24048] = 0.9                                       # the click, 0.5 s in
+    out = mux_audio_onto_video(v, soundtrack, 48000, tmp_path / f"out{ext}")
+    with av.open(str(out)) as c:
+        first_frame = next(iter(c.decode(c.streams.video[0])))
+        video_start = first_frame.pts * float(first_frame.time_base)
+    audio, rate, first, _ = decoded_audio(out)
+    click = first + np.abs(audio[0]).argmax() / rate
+    assert video_start == pytest.approx(1.0)
+    assert click == pytest.approx(video_start + 0.5, abs=0.005)
 
 
 def test_nothing_is_written_on_bad_output(shared_pipeline, scenes, cut_video, tmp_path):

@@ -93,8 +93,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("mux-audio-offset", "audiostory_core/media/mux.py",
              "packets = _encode_audio(oa, data, rate, int(round(t0 * rate)))",
              "packets = _encode_audio(oa, data, rate, 0)",
-             ("tests/test_video_dubbing.py::test_dubbed_mp4_copies_the_video_and_ends_with_it",
-              "tests/test_video_dubbing.py::test_webm_keeps_and_mixes_the_original_audio_under_the_new_one"),
+             ("tests/test_video_dubbing.py::test_soundtrack_starts_at_the_first_frame_of_a_video_that_starts_late",),
              "the new audio ignores the video's start time"),
 )
 
