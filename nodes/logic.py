@@ -23,11 +23,8 @@ from ..audiostory_core.stages.plan import PlanResult, PromptContext, StoryPlan
 
 HOP = 2048
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
-NOISE_CHOICES = ("reference", "seeded")
-REFERENCE_SAMPLER = "reference_euler"
 MEMORY_MODES = ("new", "pass_through", "load", "save")
 SAVE_FORMATS = ("wav", "flac")
-CROSSFADE_CURVES = ("linear", "equal_power")
 MUX_POLICIES = ("pad", "trim", "keep_video")
 EXISTING_AUDIO = ("replace", "mix")
 MAX_TOTAL_SECONDS = validation.MAX_TOTAL_SECONDS

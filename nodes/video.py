@@ -20,6 +20,7 @@ from ..audiostory_core.media.video import SceneList
 from . import comfy_models as cm
 from .common import CATEGORY as BASE_CATEGORY
 from .common import Plan, Planner, Scenes, make_hooks, model_folders
+from .widgets import setting_input
 from .logic import EXISTING_AUDIO, MUX_POLICIES, PlanBundle, audio_from_dict
 from .media_logic import (apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video,
                           video_file)
@@ -45,8 +46,8 @@ class AudioStoryVideoScenes(io.ComfyNode):
             inputs=[
                 io.Video.Input("video"),
                 Planner.Input("planner", tooltip="Gives the longest clip the DiT renders."),
-                io.Float.Input("crossfade", default=3.0, min=0.0, max=10.0, step=0.1,
-                               tooltip="The crossfade used later: a scene holds at most one clip minus it."),
+                setting_input("crossfade", step=0.1,
+                              tooltip="The crossfade used later: a scene holds at most one clip minus it."),
                 io.Float.Input("threshold", default=0.12, min=0.01, max=1.0, step=0.01,
                                tooltip="Mean grey-level change (0-1) between samples that counts as a cut."),
                 io.Float.Input("analysis_fps", default=4.0, min=0.5, max=30.0, step=0.5),
@@ -144,7 +145,7 @@ class AudioStoryDubbingPlan(io.ComfyNode):
                 io.Combo.Input("event_captions", options=list(EVENT_CAPTIONS), default="auto",
                                tooltip="auto: the planner's captions if it wrote one event per scene, else the "
                                        "scene captions; planner: always the planner's; scenes: always the scenes'."),
-                io.Int.Input("max_new_tokens", default=1600, min=16, max=8192),
+                setting_input("max_new_tokens"),
             ],
             outputs=[Plan.Output("plan", display_name="plan"), io.String.Output("plan_json", display_name="plan_json")],
             hidden=[io.Hidden.unique_id],

@@ -10,7 +10,7 @@ import gc
 import sys
 from pathlib import Path
 
-from .common import add_decode_args, add_render_args, check_args, lead, pipeline, read_plan, tqdm_hooks
+from .common import add_decode_args, add_render_args, check_args, lead, pipeline, read_plan, settings, tqdm_hooks
 
 
 def add_parsers(sub, add_model_args) -> None:
@@ -147,10 +147,9 @@ def cmd_dub(args) -> int:
         else:
             plan = dubbing_plan(pipe.models.planner, scenes, args.brief, event_captions=args.event_captions,
                                 lead=lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks).plan
-        res = dub_video(pipe, args.video, args.out, scenes, plan=plan, crossfade=args.crossfade, steps=args.steps,
-                        guidance=args.guidance, noise=args.noise, seed=args.seed, sampler=args.sampler,
-                        sample_rate=args.sample_rate, curve=args.crossfade_curve, existing_audio=args.existing_audio,
-                        mix_gain_db=args.mix_gain_db, audio_codec=args.audio_codec, hooks=hooks)
+        res = dub_video(pipe, args.video, args.out, scenes, plan=plan, **settings(args).render_kwargs(),
+                        existing_audio=args.existing_audio, mix_gain_db=args.mix_gain_db,
+                        audio_codec=args.audio_codec, hooks=hooks)
         if args.plan_out:
             write_text_atomic(args.plan_out, res.plan.to_json())
     finally:
@@ -201,9 +200,7 @@ def cmd_continue(args) -> int:
     hooks, close = tqdm_hooks(not args.quiet)
     try:
         res = continue_audio(pipe, ctx, args.instruction, args.duration, output=args.output, lead=lead(args),
-                             max_new_tokens=args.max_new_tokens, crossfade=args.crossfade, steps=args.steps,
-                             guidance=args.guidance, noise=args.noise, seed=args.seed, sampler=args.sampler,
-                             sample_rate=args.sample_rate, curve=args.crossfade_curve, hooks=hooks)
+                             max_new_tokens=args.max_new_tokens, **settings(args).render_kwargs(), hooks=hooks)
     finally:
         close()
     for p in res.problems:
