@@ -8,7 +8,7 @@ from typing import Optional, Union
 import torch
 
 from .stages.audio import crossfade_concat, decode_clips, resample
-from .models.config import ModelPaths, locate
+from .models.config import VAE_SAMPLE_RATE, ModelPaths, locate, max_clip_seconds
 from .errors import InputError, PlanError
 from .stages.event_tokens import EventTokens, clip_seconds, event_tokens
 from .stages.fast_vae import decode_clips_fast
@@ -20,7 +20,6 @@ from .stages.sampling import sample_latents
 from .validation import (check_device, check_finite, check_instruction, check_plan_events, check_render_args,
                          check_setting, check_total_duration, check_transcript_ids, clip_problems, total_mismatch)
 
-HOP = 2048
 LOW_VRAM_CHUNK_FRAMES = 128   # latent frames per VAE window in low-VRAM mode (~6 s of audio)
 REFERENCE_SAMPLE_RATE = 32000
 
@@ -82,13 +81,19 @@ class AudioStoryPipeline:
     @classmethod
     def from_pretrained(cls, root: Union[str, Path, ModelPaths], device: Optional[str] = None,
                         dtype: Optional[str] = None, *, perf: Optional[PerfOptions] = None, low_vram: bool = False,
+                        planner: bool = True, dit: bool = True, vae: bool = True, strict: bool = False,
                         **overrides) -> "AudioStoryPipeline":
+        """Locate (unless ``root`` is already a :class:`ModelPaths`) and load the requested components.
+
+        ``planner``/``dit``/``vae`` skip what a command does not need (``plan`` loads no DiT or VAE);
+        ``strict`` makes checkpoint keys that belong to no module an error (else ``models.warnings``)."""
         dev = resolve_device(device)
         paths = root if isinstance(root, ModelPaths) else locate(root, **overrides)
         # Low-VRAM: load on the host and bring each component to the device only for its stage.
         load_dev = torch.device("cpu") if low_vram else dev
-        return cls(load_models(paths, resolve_dtype(dtype, dev), load_dev), perf=perf, low_vram=low_vram,
-                   device=dev)
+        models = load_models(paths, resolve_dtype(dtype, dev), load_dev, planner=planner, dit=dit, vae=vae,
+                             strict=strict)
+        return cls(models, perf=perf, low_vram=low_vram, device=dev)
 
     # ------------------------------------------------------------ placement (low-VRAM mode)
     def _place(self, stage: str) -> None:
@@ -113,9 +118,9 @@ class AudioStoryPipeline:
     # ------------------------------------------------------------ limits
     @property
     def max_clip_seconds(self) -> float:
-        """Longest clip the DiT renders: audio_seq_len latent frames of 2048 samples."""
-        sr = int(self.models.vae.config.sampling_rate) if self.models.vae is not None else 44100
-        return self.models.flux_config.audio_seq_len * HOP / sr
+        """Longest clip the DiT renders (:func:`models.config.max_clip_seconds`)."""
+        sr = int(self.models.vae.config.sampling_rate) if self.models.vae is not None else VAE_SAMPLE_RATE
+        return max_clip_seconds(self.models.flux_config.audio_seq_len, sr)
 
     def check_durations(self, durations: list[float], crossfade: float) -> list[str]:
         """Clip-length rules shared by every path (:func:`validation.clip_problems`): a clip longer than

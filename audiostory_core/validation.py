@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from .errors import AudioStoryError, InputError, NonFiniteError, OutputPathError, PlanError
+from .models.config import clip_seconds
 from .settings import SETTINGS, RenderSettings, lead_phrase
 
 PathLike = Union[str, Path]
@@ -236,7 +237,7 @@ def clip_problems(durations: Sequence[float], crossfade: float, max_clip_seconds
     (:class:`PlanError`): the official code would cut it short and the story would lose time.
     A clip shorter than the crossfade is joined without overlap (official rule): a warning, returned.
     """
-    clips = [d + crossfade if i < len(durations) - 1 else d for i, d in enumerate(durations)]
+    clips = clip_seconds(durations, crossfade)
     bad = [(i + 1, s) for i, s in enumerate(clips) if s > max_clip_seconds + 1e-6]
     if bad:
         desc = "; ".join(f"event {i}: {s:.2f} s" for i, s in bad)

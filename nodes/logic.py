@@ -15,13 +15,12 @@ import torch
 
 from ..audiostory_core import validation
 from ..audiostory_core.atomic import atomic_write
-from ..audiostory_core.models.config import find_audiostory_dir
+from ..audiostory_core.models.config import VAE_SAMPLE_RATE, clip_seconds, find_audiostory_dir, max_clip_seconds
 from ..audiostory_core.errors import AudioStoryError, InputError, ModelFilesError, PlanError
-from ..audiostory_core.stages.event_tokens import EventTokens, clip_seconds
+from ..audiostory_core.stages.event_tokens import EventTokens
 from ..audiostory_core.tasks.memory import StoryMemory
 from ..audiostory_core.stages.plan import PlanResult, PromptContext, StoryPlan
 
-HOP = 2048
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 MEMORY_MODES = ("new", "pass_through", "load", "save")
 SAVE_FORMATS = ("wav", "flac")
@@ -42,14 +41,14 @@ class PlannerHandle:
     planner: Any
     null_embedding: torch.Tensor          # [1, N, 1024] CFG negative, CPU
     audio_seq_len: int                    # latent frames per clip
-    vae_sample_rate: int = 44100
+    vae_sample_rate: int = VAE_SAMPLE_RATE
     root_name: str = ""
     llm_patcher: Any = None
     heads_patcher: Any = None
 
     @property
     def max_clip_seconds(self) -> float:
-        return self.audio_seq_len * HOP / self.vae_sample_rate
+        return max_clip_seconds(self.audio_seq_len, self.vae_sample_rate)
 
 
 @dataclass
@@ -72,7 +71,7 @@ class EventsBundle:
     crossfade: float
     audio_seq_len: int
     plan: Optional[StoryPlan] = None
-    vae_sample_rate: int = 44100
+    vae_sample_rate: int = VAE_SAMPLE_RATE
 
     @property
     def count(self) -> int:

@@ -83,18 +83,14 @@ def settings(args, **overrides) -> RenderSettings:
 
 
 def pipeline(args, planner=True, dit=True, vae=True):
-    from ..models.config import locate
-    from ..models.loading import load_models
-    from ..pipeline import AudioStoryPipeline, resolve_device, resolve_dtype
+    """``AudioStoryPipeline.from_pretrained`` with the command's model arguments; load warnings on stderr."""
+    from ..pipeline import AudioStoryPipeline
 
-    paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
-                   qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
-    dev = resolve_device(args.device)
-    models = load_models(paths, resolve_dtype(args.dtype, dev), dev, planner=planner, dit=dit, vae=vae,
-                         strict=getattr(args, "strict", False))
-    for w in models.warnings:
+    pipe = AudioStoryPipeline.from_pretrained(model_paths(args), args.device, args.dtype, planner=planner, dit=dit,
+                                              vae=vae, strict=getattr(args, "strict", False))
+    for w in pipe.models.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    return AudioStoryPipeline(models)
+    return pipe
 
 
 def lead(args) -> str:
@@ -123,16 +119,18 @@ def check_args(args) -> None:
 
 
 def model_paths(args):
-    """Locate the model files (reads two small configs, loads nothing)."""
+    """Locate the model files once per command (reads two small configs, loads nothing)."""
     from ..models.config import locate
 
-    return locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
-                  qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
+    if getattr(args, "located", None) is None:
+        args.located = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
+                              qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
+    return args.located
 
 
 def clip_window(args) -> float:
     """Longest clip of this model root in seconds, without loading it."""
-    from ..tasks.dubbing import max_clip_seconds_for
+    from ..models.config import max_clip_seconds_for
 
     return max_clip_seconds_for(model_paths(args))
 

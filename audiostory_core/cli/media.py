@@ -10,7 +10,8 @@ import gc
 import sys
 from pathlib import Path
 
-from .common import add_decode_args, add_render_args, check_args, lead, pipeline, read_plan, settings, tqdm_hooks
+from .common import (add_decode_args, add_render_args, check_args, clip_window, lead, pipeline, read_plan, settings,
+                     tqdm_hooks)
 
 
 def add_parsers(sub, add_model_args) -> None:
@@ -117,16 +118,13 @@ def check_continue_args(args) -> None:
 
 
 def cmd_dub(args) -> int:
-    from ..models.config import locate
-    from ..tasks.dubbing import dub_video, dubbing_plan, max_clip_seconds_for, max_scene_seconds, write_text_atomic
+    from ..tasks.dubbing import dub_video, dubbing_plan, max_scene_seconds, write_text_atomic
     from ..pipeline import resolve_device
 
     given_plan = check_dub_args(args)
     hooks, close = tqdm_hooks(not args.quiet)
     try:
-        paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
-                       qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
-        max_scene = max_scene_seconds(max_clip_seconds_for(paths), args.crossfade)
+        max_scene = max_scene_seconds(clip_window(args), args.crossfade)
         scenes, captioned = _scenes(args, max_scene)
         if not captioned and not args.plan:
             from ..media.captioning import VisionCaptioner

@@ -45,6 +45,21 @@ MAX_RESIDUAL = 501
 # 645 frames are the official 30 s; 4096 (~190 s per clip) is far beyond any release and still renders.
 MAX_AUDIO_SEQ_LEN = 4096
 
+# Clip geometry: the Oobleck VAE turns one latent frame into HOP samples at its own rate.
+HOP = 2048
+VAE_SAMPLE_RATE = 44100          # the release's VAE rate (vae_config.json "sampling_rate")
+
+
+def clip_seconds(durations: list[float], crossfade: float) -> list[float]:
+    """Non-last events are rendered ``crossfade`` seconds longer so clips overlap (official rule)."""
+    return [d + crossfade if i < len(durations) - 1 else d for i, d in enumerate(durations)]
+
+
+def max_clip_seconds(audio_seq_len: int, vae_sample_rate: int = VAE_SAMPLE_RATE) -> float:
+    """Longest clip the DiT renders: ``audio_seq_len`` latent frames of :data:`HOP` samples."""
+    return audio_seq_len * HOP / vae_sample_rate
+
+
 _INTERP = re.compile(r"\$\{([^${}]*)\}")
 
 
@@ -389,3 +404,14 @@ def locate(root: str | Path, *, audiostory_dir: str | Path | None = None, flux_d
     added = resolve_in_root(root, cfg.added_tokens_path) if cfg.added_tokens_path else None
     return ModelPaths(root=root, audiostory_dir=as_dir, flux_dir=flux_dir, qwen_dir=qwen, t5_dir=t5,
                       tokenizer_dir=tok, added_tokens_json=added)
+
+
+def max_clip_seconds_for(paths: ModelPaths) -> float:
+    """:func:`max_clip_seconds` of a model root without loading it (two small configs)."""
+    sr = VAE_SAMPLE_RATE
+    if paths.vae_config.is_file():
+        try:
+            sr = int(json.loads(paths.vae_config.read_text()).get("sampling_rate", sr))
+        except (OSError, ValueError):
+            pass
+    return max_clip_seconds(FluxConfig.from_json(paths.flux_config).audio_seq_len, sr)

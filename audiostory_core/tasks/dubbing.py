@@ -29,21 +29,6 @@ DEFAULT_BRIEF = "Create the soundtrack of this video: sound effects and ambience
 EVENT_CAPTIONS = ("auto", "planner", "scenes")
 
 
-def max_clip_seconds_for(paths) -> float:
-    """Clip length of a model root without loading it: ``audio_seq_len`` latent frames of 2048 samples."""
-    import json
-
-    from ..models.config import FluxConfig
-
-    sr = 44100
-    if paths.vae_config.is_file():
-        try:
-            sr = int(json.loads(paths.vae_config.read_text()).get("sampling_rate", sr))
-        except (OSError, ValueError):
-            pass
-    return FluxConfig.from_json(paths.flux_config).audio_seq_len * 2048 / sr
-
-
 def max_scene_seconds(max_clip_seconds: float, crossfade: float) -> float:
     """Longest scene one event can hold: a non-last clip is rendered ``crossfade`` seconds longer."""
     m = max_clip_seconds - max(0.0, crossfade)
