@@ -25,7 +25,8 @@ import comfy.supported_models_base
 
 from ..audiostory_core.errors import InputError
 
-from .logic import bits_to_seconds, dit_working_memory, hf_working_memory
+from .dtypes_memory import dit_working_memory, hf_working_memory
+from .layout import bits_to_seconds
 
 log = logging.getLogger("AudioStory")
 

@@ -14,9 +14,10 @@ from ..audiostory_core.tasks.continuation import (DEFAULT_WHISPER, LONG_INPUT, M
 from ..audiostory_core.errors import InputError, ModelFilesError
 from . import comfy_models as cm
 from .common import AudioContext, Planner, model_folders
-from .logic import audio_dict, audio_from_dict, resolve_model_root
+from .layout import audio_dict, audio_from_dict
+from .model_roots import resolve_model_root
 from .widgets import setting_input
-from .media_logic import checkpoint_tensors, join_continuation, make_audio_context
+from .audio_context import checkpoint_tensors, join_continuation, make_audio_context
 
 CATEGORY = "audio/AudioStory/continuation"
 

@@ -13,8 +13,10 @@ from ..audiostory_core.stages.audio import crossfade_concat, resample, write_aud
 from ..audiostory_core.stages.event_tokens import clip_seconds
 from .common import CATEGORY, Events, make_hooks, reference_numerics
 from .widgets import setting_input
-from .logic import (SAVE_FORMATS, EventsBundle, audio_dict, check_latent_matches, pad_clips,
-                    safe_prefix, sample_rate_problem, workflow_metadata, write_flac_with_metadata)
+from .input_checks import sample_rate_problem
+from .layout import audio_dict, check_latent_matches, pad_clips
+from .save import SAVE_FORMATS, safe_prefix, workflow_metadata, write_flac_with_metadata
+from .values import EventsBundle
 
 log = logging.getLogger("AudioStory")
 

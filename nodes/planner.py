@@ -11,8 +11,9 @@ from ..audiostory_core.tasks.memory import with_history
 from . import comfy_models as cm
 from .common import CATEGORY, AudioContext, Memory, Plan, Planner, make_hooks, reference_numerics, send_text
 from .widgets import setting_input
-from .logic import (PlanBundle, ReadableStream, TextThrottle, describe_plan, instruction_problem, parse_plan_json,
-                    planner_audio_context, validate_plan_inputs)
+from .input_checks import describe_plan, instruction_problem, parse_plan_json, validate_plan_inputs
+from .streaming import ReadableStream, TextThrottle
+from .values import PlanBundle, planner_audio_context
 
 
 class AudioStoryPlanner(io.ComfyNode):

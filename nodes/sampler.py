@@ -14,8 +14,9 @@ from ..audiostory_core.errors import InputError
 from ..audiostory_core.stages.sampling import make_noise, reference_sigmas, sample_latents
 from . import comfy_models as cm
 from .common import CATEGORY, Events, make_hooks, reference_numerics
-from .logic import EventsBundle, conditioning_pair, to_comfy_latent
-from .reroll_logic import event_rows, merge_rows, render_rows
+from .layout import conditioning_pair, to_comfy_latent
+from .values import EventsBundle
+from .event_rows import event_rows, merge_rows, render_rows
 from .widgets import CORE_SAMPLERS, REFERENCE_SAMPLER, setting_input
 
 

@@ -14,8 +14,10 @@ from ..audiostory_core.tasks.memory import StoryMemory, fuse_with_memory, with_h
 from . import comfy_models as cm
 from .common import CATEGORY, Events, Memory, Plan, Planner, make_hooks, reference_numerics
 from .widgets import setting_input
-from .logic import (MEMORY_MODES, EventsBundle, PlanBundle, check_clip_lengths, conditioning_pair, empty_latent,
-                    memory_file, memory_for)
+from .input_checks import check_clip_lengths
+from .layout import conditioning_pair, empty_latent
+from .story_memory import MEMORY_MODES, memory_file, memory_for
+from .values import EventsBundle, PlanBundle
 
 
 class AudioStoryEventTokens(io.ComfyNode):

@@ -1,7 +1,7 @@
 """Video nodes (ComfyUI V3): VIDEO -> scenes -> sound captions -> STORY_PLAN, and the mux that puts the
 story back on the video (stream copy).
 
-Between them runs the ordinary text-to-audio chain (event tokens, sampler, decode). The logic lives in ``media_logic.py`` and ``audiostory_core``.
+Between them runs the ordinary text-to-audio chain (event tokens, sampler, decode). The steps live in ``scenes.py`` and ``audiostory_core``.
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from . import comfy_models as cm
 from .common import CATEGORY as BASE_CATEGORY
 from .common import Plan, Planner, Scenes, make_hooks, model_folders
 from .widgets import setting_input
-from .logic import EXISTING_AUDIO, MUX_POLICIES, PlanBundle, audio_from_dict
-from .media_logic import (apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video,
-                          video_file)
+from .layout import audio_from_dict
+from .scenes import EXISTING_AUDIO, MUX_POLICIES
+from .values import PlanBundle
+from .scenes import apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video, video_file
 
 CATEGORY = "audio/AudioStory/dubbing"
 

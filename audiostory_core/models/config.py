@@ -21,7 +21,7 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import ModelFilesError
-from .download import FOLDER_REPOS, cached_snapshot
+from .sources import FOLDER_REPOS, cached_snapshot
 
 AUDIOSTORY_NAMES = ("AudioStory-3B", "audiostory-3B", "audiostory_3b", "audiostory-3b", "audiostory")
 FLUX_NAMES = ("Flux_detokenizer",)
