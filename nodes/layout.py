@@ -31,13 +31,6 @@ def to_comfy_latent(latents: torch.Tensor) -> torch.Tensor:
     return latents.transpose(1, 2).contiguous()
 
 
-def from_comfy_latent(samples: torch.Tensor) -> torch.Tensor:
-    """ComfyUI audio layout [E, 64, T] -> core layout [E, T, 64]."""
-    if samples.dim() != 3:
-        raise InputError(f"An AudioStory latent is [events, 64, frames]; got shape {tuple(samples.shape)}.")
-    return samples.transpose(1, 2).contiguous()
-
-
 def conditioning_pair(events: EventsBundle) -> tuple[list, list]:
     """CONDITIONING positive (fused tokens) / negative (null embedding), both with per-event seconds."""
     e = events.count

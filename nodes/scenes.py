@@ -66,10 +66,6 @@ def keyframe_batch(scenes: SceneList) -> torch.Tensor:
     return out
 
 
-def scenes_json(scenes: SceneList) -> str:
-    return scenes.to_json()
-
-
 def apply_typed_captions(scenes: SceneList, text: str) -> bool:
     """Apply user-typed captions when ``text`` is not blank; returns whether it did."""
     if not (text or "").strip():

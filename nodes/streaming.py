@@ -5,9 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional
 
-from ..audiostory_core.errors import AudioStoryError, InputError, ModelFilesError, PlanError
-
-
 _SPECIAL = re.compile(r"<\|[^|<>]*\|>|</?t5(?:_\d+)?>|</?aud(?:_\d+)?>|<video_padding>")
 
 
@@ -86,14 +83,3 @@ class StageProgress:
         if stage != self.stage or self.bar is None:
             self.stage, self.bar = stage, self.make_bar(max(1, int(total)))
         self.bar.update_absolute(int(done), max(1, int(total)))
-
-
-def user_error(e: BaseException) -> str:
-    """A one-line prefix for errors shown in ComfyUI."""
-    kind = {ModelFilesError: "Model files", PlanError: "Plan", InputError: "Input"}
-    for k, v in kind.items():
-        if isinstance(e, k):
-            return f"AudioStory ({v}): {e}"
-    if isinstance(e, AudioStoryError):
-        return f"AudioStory: {e}"
-    return str(e)

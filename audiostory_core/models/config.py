@@ -24,7 +24,6 @@ from ..errors import ModelFilesError
 from .sources import FOLDER_REPOS, cached_snapshot
 
 AUDIOSTORY_NAMES = ("AudioStory-3B", "audiostory-3B", "audiostory_3b", "audiostory-3b", "audiostory")
-FLUX_NAMES = ("Flux_detokenizer",)
 QWEN_DEFAULT = "Qwen2.5-3B-Instruct"
 T5_DEFAULT = "flan-t5-large"
 

@@ -70,8 +70,6 @@ class TokenIds:
     @property
     def gen_close(self) -> int: return self._id(GEN_CLOSE)
     @property
-    def think_open(self) -> int: return self._id(THINK_OPEN)
-    @property
     def think_close(self) -> int: return self._id(THINK_CLOSE)
     @property
     def ts_open(self) -> int: return self._id(TS_OPEN)
