@@ -55,8 +55,6 @@ def validate_plan_inputs(instruction: Any, total_duration: Any, max_new_tokens: 
         if total_duration is not None:
             validation.check_total_duration(total_duration, "total_duration")
         if max_new_tokens is not None:
-            if isinstance(max_new_tokens, (int, float)) and max_new_tokens < 16:
-                return f"max_new_tokens must be at least 16, got {max_new_tokens}"
             validation.check_max_new_tokens(max_new_tokens)
     except AudioStoryError as e:
         return str(e)

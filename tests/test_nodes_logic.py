@@ -108,7 +108,8 @@ def test_validate_plan_inputs(nodes):
     assert "empty" in nodes.input_checks.validate_plan_inputs("  ", 12.0, 1600)
     assert "total_duration" in nodes.input_checks.validate_plan_inputs("a", 0.0, 1600)
     assert "total_duration" in nodes.input_checks.validate_plan_inputs("a", 601.0, 1600)
-    assert "max_new_tokens" in nodes.input_checks.validate_plan_inputs("a", 5.0, 3)
+    assert "max_new_tokens" in nodes.input_checks.validate_plan_inputs("a", 5.0, 0)      # the core's 1..32768
+    assert "max_new_tokens" in nodes.input_checks.validate_plan_inputs("a", 5.0, 32769)
     assert nodes.input_checks.validate_plan_inputs(None, None, None) is None   # linked inputs are checked at run time
 
 
