@@ -341,3 +341,25 @@ cm.load([a])
 print(json.dumps({"both": both, "first": first, "after": after, "again": again, "reloaded": cm.is_loaded(a)}))
 ''')
     assert r == {"both": [True, True], "first": True, "after": [False, True], "again": False, "reloaded": True}
+
+
+def test_library_sampler_runs_in_the_sampler_node(comfy, shared_pipeline):
+    """sampler_name audiostory_heun (derived from the library's sampler list) runs the library's Heun, the one
+    `--sampler heun` runs: the node's latents equal core ``sample_latents`` for the same plan, noise and seed."""
+    from safetensors.torch import load_file
+
+    from audiostory_core.stages.event_tokens import clip_seconds, event_tokens
+    from audiostory_core.stages.plan import generate_plan
+    from audiostory_core.stages.sampling import sample_latents
+
+    api = {k: v for k, v in _api().items() if k in ("1", "2", "3", "4")}
+    api["4"]["inputs"].update(sampler_name="audiostory_heun", steps=2, noise="seeded", seed=5)
+    api["99"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "latents/heun"}}
+    f = _ok(comfy.run(api))["outputs"]["99"]["latents"][0]
+    got = load_file(str(comfy.root / f.get("type", "output") / f.get("subfolder", "") / f["filename"]))
+    p, planner = shared_pipeline.models, api["2"]["inputs"]
+    r = generate_plan(p.planner, planner["instruction"], planner["total_duration"])
+    toks = event_tokens(p.planner, r.plan, r)
+    expect = sample_latents(p.dit, toks.fused, p.null_embedding, clip_seconds(toks.durations, 3.0), steps=2,
+                            guidance=api["4"]["inputs"]["cfg"], noise="seeded", seed=5, sampler="heun")
+    assert (got["latent_tensor"].transpose(1, 2) - expect).abs().max().item() < 1e-4

@@ -6,13 +6,12 @@ The official release is laid out as ``ckpt/AudioStory-3B/{config.yaml,pytorch_mo
 ``audiostory``), so the AudioStory folder is found by its contents, and every path written inside
 a config is resolved against the chosen model root, never against the current directory.
 ``config.yaml`` is read as data: its Hydra ``_target_`` strings are never imported, and its
-OmegaConf ``${...}`` interpolations are resolved here (node references and ``oc.env``).
+OmegaConf ``${...}`` interpolations are resolved by OmegaConf (node references and ``oc.env``).
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,61 +58,44 @@ def max_clip_seconds(audio_seq_len: int, vae_sample_rate: int = VAE_SAMPLE_RATE)
     return audio_seq_len * HOP / vae_sample_rate
 
 
-_INTERP = re.compile(r"\$\{([^${}]*)\}")
-
-
 def resolve_interpolations(raw: Any, path: Path) -> Any:
-    """Resolve OmegaConf ``${a.b.0.c}``, ``${.sibling}`` and ``${oc.env:VAR[,default]}`` in a loaded YAML tree.
+    """Resolve the OmegaConf ``${a.b.0.c}``, ``${.sibling}`` and ``${oc.env:VAR[,default]}`` of a loaded YAML tree
+    with OmegaConf itself (data only: nothing is instantiated).
 
     Hydra configs may write ``pretrained_model_name_or_path: ${paths.qwen}``; read as plain YAML that
     string would be taken as a folder name. Anything else (custom resolvers, cycles) is a clear error.
     """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException, UnsupportedInterpolationType
 
-    def lookup(expr: str, parent: list) -> Any:
-        if expr.startswith("oc.env:"):
-            name, _, default = expr[len("oc.env:"):].partition(",")
-            value = os.environ.get(name.strip())
-            if value is None:
-                if not default:
-                    raise ModelFilesError(f"{path}: '${{{expr}}}' needs the environment variable {name.strip()}.")
-                value = default.strip().strip("'\"")
-            return value
-        if ":" in expr:
-            raise ModelFilesError(f"{path}: interpolation '${{{expr}}}' uses a resolver that is not supported; "
-                                  "write the value itself into config.yaml.")
-        if expr.startswith("."):
-            dots = len(expr) - len(expr.lstrip("."))
-            base = parent[-dots] if dots <= len(parent) else None
-            keys = expr[dots:].split(".") if expr[dots:] else []
-        else:
-            base, keys = raw, expr.split(".")
-        cur = base
-        for k in keys:
-            try:
-                cur = cur[int(k)] if isinstance(cur, list) else cur[k]
-            except (KeyError, IndexError, ValueError, TypeError):
-                raise ModelFilesError(f"{path}: interpolation '${{{expr}}}' points at nothing "
-                                      f"('{k}' not found).") from None
-        return cur
+    try:
+        return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        try:
+            written = _written_at(raw, key)
+        except (KeyError, IndexError, TypeError, ValueError):
+            written = key
+        reason = str(e).splitlines()[0]
+        env = re.search(r"Environment variable '([^']+)' not found", reason)
+        if env:
+            raise ModelFilesError(f"{path}: '{written}' needs the environment variable {env.group(1)}.") from None
+        if isinstance(e, UnsupportedInterpolationType):
+            raise ModelFilesError(f"{path}: interpolation '{written}' uses a resolver that is not supported; "
+                                  "write the value itself into config.yaml.") from None
+        if isinstance(e, InterpolationKeyError):
+            raise ModelFilesError(f"{path}: interpolation '{written}' points at nothing ({reason}; at {key}).") from None
+        if "Recursive interpolation" in reason:
+            raise ModelFilesError(f"{path}: interpolations refer to each other in a cycle (at {key}).") from None
+        raise ModelFilesError(f"{path}: cannot resolve the interpolation '{written}' at {key}: {reason}") from None
 
-    def resolve(value: Any, parent: list, depth: int) -> Any:
-        if depth > 32:
-            raise ModelFilesError(f"{path}: interpolations refer to each other in a cycle.")
-        if isinstance(value, dict):
-            return {k: resolve(v, parent + [value], depth) for k, v in value.items()}
-        if isinstance(value, list):
-            return [resolve(v, parent + [value], depth) for v in value]
-        if not isinstance(value, str) or "${" not in value:
-            return value
-        whole = _INTERP.fullmatch(value)
-        if whole:
-            return resolve(lookup(whole.group(1).strip(), parent), parent, depth + 1)
-        out = _INTERP.sub(lambda m: str(resolve(lookup(m.group(1).strip(), parent), parent, depth + 1)), value)
-        if "${" in out:
-            raise ModelFilesError(f"{path}: cannot resolve the interpolation in '{value}'.")
-        return out
 
-    return resolve(raw, [], 0)
+def _written_at(raw: Any, key: str) -> Any:
+    """The value written at an OmegaConf ``full_key`` (``a.b[0].c``) of the raw YAML tree."""
+    cur = raw
+    for part in re.findall(r"[^.\[\]]+", key):
+        cur = cur[int(part)] if isinstance(cur, list) else cur[part]
+    return cur
 
 
 def _positive_int(value: Any, what: str, path: Path, upper: Optional[int] = None) -> int:
