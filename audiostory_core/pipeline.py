@@ -8,7 +8,7 @@ from typing import Optional, Union
 import torch
 
 from .stages.audio import crossfade_concat, decode_clips, resample
-from .models.config import ModelPaths, locate
+from .models.config import VAE_SAMPLE_RATE, ModelPaths, locate, max_clip_seconds
 from .errors import InputError, PlanError
 from .stages.event_tokens import EventTokens, clip_seconds, event_tokens
 from .stages.fast_vae import decode_clips_fast
@@ -17,11 +17,9 @@ from .perf import PerfOptions
 from .stages.plan import PlanResult, StoryPlan, generate_plan
 from .progress import Hooks, as_hooks
 from .stages.sampling import sample_latents
-from .validation import (check_crossfade, check_device, check_finite, check_instruction, check_plan_events,
-                         check_render_args, check_sample_rate, check_total_duration, check_transcript_ids,
-                         clip_problems, total_mismatch)
+from .validation import (check_device, check_finite, check_instruction, check_plan_events, check_render_args,
+                         check_setting, check_total_duration, check_transcript_ids, clip_problems, total_mismatch)
 
-HOP = 2048
 LOW_VRAM_CHUNK_FRAMES = 128   # latent frames per VAE window in low-VRAM mode (~6 s of audio)
 REFERENCE_SAMPLE_RATE = 32000
 
@@ -83,13 +81,19 @@ class AudioStoryPipeline:
     @classmethod
     def from_pretrained(cls, root: Union[str, Path, ModelPaths], device: Optional[str] = None,
                         dtype: Optional[str] = None, *, perf: Optional[PerfOptions] = None, low_vram: bool = False,
+                        planner: bool = True, dit: bool = True, vae: bool = True, strict: bool = False,
                         **overrides) -> "AudioStoryPipeline":
+        """Locate (unless ``root`` is already a :class:`ModelPaths`) and load the requested components.
+
+        ``planner``/``dit``/``vae`` skip what a command does not need (``plan`` loads no DiT or VAE);
+        ``strict`` makes checkpoint keys that belong to no module an error (else ``models.warnings``)."""
         dev = resolve_device(device)
         paths = root if isinstance(root, ModelPaths) else locate(root, **overrides)
         # Low-VRAM: load on the host and bring each component to the device only for its stage.
         load_dev = torch.device("cpu") if low_vram else dev
-        return cls(load_models(paths, resolve_dtype(dtype, dev), load_dev), perf=perf, low_vram=low_vram,
-                   device=dev)
+        models = load_models(paths, resolve_dtype(dtype, dev), load_dev, planner=planner, dit=dit, vae=vae,
+                             strict=strict)
+        return cls(models, perf=perf, low_vram=low_vram, device=dev)
 
     # ------------------------------------------------------------ placement (low-VRAM mode)
     def _place(self, stage: str) -> None:
@@ -114,9 +118,9 @@ class AudioStoryPipeline:
     # ------------------------------------------------------------ limits
     @property
     def max_clip_seconds(self) -> float:
-        """Longest clip the DiT renders: audio_seq_len latent frames of 2048 samples."""
-        sr = int(self.models.vae.config.sampling_rate) if self.models.vae is not None else 44100
-        return self.models.flux_config.audio_seq_len * HOP / sr
+        """Longest clip the DiT renders (:func:`models.config.max_clip_seconds`)."""
+        sr = int(self.models.vae.config.sampling_rate) if self.models.vae is not None else VAE_SAMPLE_RATE
+        return max_clip_seconds(self.models.flux_config.audio_seq_len, sr)
 
     def check_durations(self, durations: list[float], crossfade: float) -> list[str]:
         """Clip-length rules shared by every path (:func:`validation.clip_problems`): a clip longer than
@@ -155,6 +159,9 @@ class AudioStoryPipeline:
                hooks: Optional[Hooks] = None, previous_latents: Optional[torch.Tensor] = None,
                render_events: Optional[list[int]] = None) -> torch.Tensor:
         """All events, or (re-roll) only ``render_events`` with the others copied from ``previous_latents``."""
+        for name, value in dict(crossfade=crossfade, steps=steps, guidance=guidance, noise=noise, seed=seed,
+                                sampler=sampler).items():
+            check_setting(name, value)      # the library's edge: sample_latents trusts its settings
         self._place("sample")
         return sample_latents(self.models.dit, tokens.fused, self.models.null_embedding,
                               clip_seconds(tokens.durations, crossfade), steps=steps, guidance=guidance,
@@ -163,10 +170,11 @@ class AudioStoryPipeline:
                               previous_latents=previous_latents, render_events=render_events)
 
     def decode(self, latents: torch.Tensor, durations: list[float], *, crossfade: float = 3.0,
-               sample_rate: int = REFERENCE_SAMPLE_RATE, curve: str = "linear",
+               sample_rate: int = REFERENCE_SAMPLE_RATE, crossfade_curve: str = "linear",
                hooks: Optional[Hooks] = None) -> tuple[torch.Tensor, list[torch.Tensor], int]:
-        check_sample_rate(sample_rate, allow_native=True)     # 0/None = the VAE's own rate
-        check_crossfade(crossfade)
+        for name, value in dict(sample_rate=sample_rate, crossfade=crossfade,
+                                crossfade_curve=crossfade_curve).items():
+            check_setting(name, value)      # sample rate 0/None = the VAE's own rate; crossfade_concat trusts these
         vae = self.models.vae
         sr_vae = int(vae.config.sampling_rate)
         sr = sr_vae if sample_rate in (None, 0) else int(sample_rate)
@@ -183,21 +191,21 @@ class AudioStoryPipeline:
         else:
             clips = decode_clips(vae, latents, secs, hooks)
         clips = [resample(c, sr_vae, sr) for c in clips]
-        story = crossfade_concat(clips, sr, crossfade, curve)
+        story = crossfade_concat(clips, sr, crossfade, crossfade_curve)
         check_finite(story, "decode stage (VAE audio)", AUDIO_CAUSE)
         return story, clips, sr
 
     def generate(self, description: str = "", total_duration: float = 0.0, *, plan: Optional[StoryPlan] = None,
                  steps: int = 50, guidance: float = 4.0, seed: int = 0, noise: str = "seeded",
                  sampler: str = "euler", sample_rate: int = REFERENCE_SAMPLE_RATE, crossfade: float = 3.0,
-                 curve: str = "linear", max_new_tokens: Optional[int] = None, lead: str = "",
+                 crossfade_curve: str = "linear", max_new_tokens: Optional[int] = None, lead: str = "",
                  hooks: Optional[Hooks] = None) -> StoryAudio:
         """Plan (unless ``plan`` is given), then render. Every argument is checked before any work; a
         generated plan obeys the same limits as a given one; ``problems`` lists the warnings, including a
         plan total that differs from ``total_duration`` (or the plan's own) by more than the crossfade."""
         hooks = as_hooks(hooks)
         check_render_args(steps=steps, guidance=guidance, seed=seed, sample_rate=sample_rate, crossfade=crossfade,
-                          noise=noise, sampler=sampler, curve=curve)
+                          noise=noise, sampler=sampler, crossfade_curve=crossfade_curve)
         if plan is None:
             check_instruction(description)
             check_total_duration(total_duration)
@@ -213,6 +221,6 @@ class AudioStoryPipeline:
         lat = self.sample(toks, crossfade=crossfade, steps=steps, guidance=guidance, noise=noise, seed=seed,
                           sampler=sampler, hooks=hooks)
         audio, clips, sr = self.decode(lat, story.durations, crossfade=crossfade, sample_rate=sample_rate,
-                                       curve=curve, hooks=hooks)
+                                       crossfade_curve=crossfade_curve, hooks=hooks)
         return StoryAudio(plan=story, tokens=toks, latents=lat, audio=audio, clips=clips, sample_rate=sr,
                           problems=problems)

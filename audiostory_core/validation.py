@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
-from .errors import InputError, NonFiniteError, OutputPathError, PlanError
+from .errors import AudioStoryError, InputError, NonFiniteError, OutputPathError, PlanError
+from .models.config import clip_seconds
+from .settings import SETTINGS, RenderSettings, lead_phrase
 
 PathLike = Union[str, Path]
 
@@ -23,16 +25,14 @@ MIN_EVENT_SECONDS = 0.1            # shorter clips have (almost) no samples afte
 MAX_EVENTS = 100                   # a 1600-token plan holds ~20 events with the release's 64+8 queries
 MAX_CAPTION_CHARS = 1000           # one event caption
 MAX_INSTRUCTION_CHARS = 20000      # instruction / brief (a dubbing brief lists every scene)
-MAX_STEPS = 1000
-MAX_GUIDANCE = 100.0
-MAX_CROSSFADE = 10.0
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
-MAX_SEED = 2 ** 64 - 1             # ComfyUI's seed range; clip i of noise=seeded uses (seed + i) mod 2**64
-MAX_NEW_TOKENS = 32768
+# the render settings' limits are declared in settings.py (RenderSettings); these names read them
+MAX_STEPS = SETTINGS["steps"].max
+MAX_GUIDANCE = SETTINGS["guidance"].max
+MAX_CROSSFADE = SETTINGS["crossfade"].max
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = SETTINGS["sample_rate"].min, SETTINGS["sample_rate"].max
+MAX_SEED = SETTINGS["seed"].max    # ComfyUI's seed range; clip i of noise=seeded uses (seed + i) mod 2**64
+MAX_NEW_TOKENS = SETTINGS["max_new_tokens"].max
 AUDIO_FORMATS = ("wav", "flac")
-SAMPLERS = ("euler", "heun", "dpmpp", "unipc")
-NOISE_MODES = ("reference", "seeded")
-CROSSFADES = ("linear", "equal_power")
 
 
 # ---------------------------------------------------------------- numbers
@@ -122,8 +122,6 @@ def check_choice(value: Any, choices: Sequence[str], what: str) -> str:
 
 def check_lead_phrase(choice: Any, seed: int = 0) -> str:
     """The lead-phrase text for ``none`` / ``random`` / an index (raises InputError otherwise)."""
-    from .stages.grammar import lead_phrase
-
     return lead_phrase(choice, seed)
 
 
@@ -156,18 +154,40 @@ def check_device(device: Optional[str]):
 
 
 # ---------------------------------------------------------------- render arguments (API, CLI, nodes)
+def check_setting(name: str, value: Any, allow_native_rate: bool = True) -> Any:
+    """One :class:`~audiostory_core.settings.RenderSettings` value, checked against its declared limit or
+    choices and normalised (``allow_native_rate``: sample rate 0 = the VAE's own rate)."""
+    spec = SETTINGS[name]
+    if spec.choices:
+        return check_choice(value, spec.choices, name)
+    if name == "sample_rate":
+        return check_sample_rate(value, allow_native=allow_native_rate)
+    if name == "lead_phrase":
+        check_lead_phrase(value)
+        return value
+    return {"seed": check_seed, "steps": check_steps, "guidance": check_guidance, "crossfade": check_crossfade,
+            "max_new_tokens": check_max_new_tokens}[name](value)
+
+
+def check_settings(settings: RenderSettings, allow_native_rate: bool = True) -> RenderSettings:
+    """Every setting checked and normalised, each error naming its key (batch lines, the CLI's defaults)."""
+    values = {}
+    for name in SETTINGS:
+        try:
+            values[name] = check_setting(name, getattr(settings, name), allow_native_rate)
+        except (AudioStoryError, TypeError, ValueError) as e:
+            raise InputError(f"'{name}': {e}") from e
+    return RenderSettings(**values)
+
+
 def check_render_args(*, steps: Any = 50, guidance: Any = 4.0, seed: Any = 0, sample_rate: Any = 32000,
-                      crossfade: Any = 3.0, noise: str = "seeded", sampler: str = "euler", curve: str = "linear",
-                      allow_native_rate: bool = True) -> None:
+                      crossfade: Any = 3.0, noise: str = "seeded", sampler: str = "euler",
+                      crossfade_curve: str = "linear", allow_native_rate: bool = True) -> None:
     """Everything a render needs, checked together before anything is loaded or planned."""
-    check_steps(steps)
-    check_guidance(guidance)
-    check_seed(seed)
-    check_sample_rate(sample_rate, allow_native=allow_native_rate)
-    check_crossfade(crossfade)
-    check_choice(noise, NOISE_MODES, "noise")
-    check_choice(sampler, SAMPLERS, "sampler")
-    check_choice(curve, CROSSFADES, "crossfade curve")
+    for name, value in dict(steps=steps, guidance=guidance, seed=seed, sample_rate=sample_rate,
+                            crossfade=crossfade, noise=noise, sampler=sampler,
+                            crossfade_curve=crossfade_curve).items():
+        check_setting(name, value, allow_native_rate)
 
 
 # ---------------------------------------------------------------- plans
@@ -217,7 +237,7 @@ def clip_problems(durations: Sequence[float], crossfade: float, max_clip_seconds
     (:class:`PlanError`): the official code would cut it short and the story would lose time.
     A clip shorter than the crossfade is joined without overlap (official rule): a warning, returned.
     """
-    clips = [d + crossfade if i < len(durations) - 1 else d for i, d in enumerate(durations)]
+    clips = clip_seconds(durations, crossfade)
     bad = [(i + 1, s) for i, s in enumerate(clips) if s > max_clip_seconds + 1e-6]
     if bad:
         desc = "; ".join(f"event {i}: {s:.2f} s" for i, s in bad)

@@ -59,7 +59,8 @@ def per_process(models: Path, items: list[dict], steps: int, device: str, work: 
 def main(argv: Optional[list[str]] = None) -> list[dict]:
     from audiostory_core.pipeline import AudioStoryPipeline
     from audiostory_core.stages.audio import read_audio
-    from audiostory_core.tasks.batch import BatchRunner, StorySettings, parse_stories
+    from audiostory_core.settings import RenderSettings
+    from audiostory_core.tasks.batch import BatchRunner, parse_stories
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", type=Path, default=None)
@@ -83,7 +84,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         t0 = time.perf_counter()
         pipe = AudioStoryPipeline.from_pretrained(models, device=args.device)
         load = time.perf_counter() - t0
-        jobs = parse_stories([json.dumps(s) for s in items], StorySettings(steps=args.steps)).jobs
+        jobs = parse_stories([json.dumps(s) for s in items], RenderSettings(steps=args.steps)).jobs
         first: Optional[Path] = None
         for mb in args.max_batch:
             out = work / f"batch{mb}"

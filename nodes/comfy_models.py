@@ -25,7 +25,8 @@ import comfy.supported_models_base
 
 from ..audiostory_core.errors import InputError
 
-from .logic import bits_to_seconds, dit_working_memory, hf_working_memory
+from .dtypes_memory import dit_working_memory, hf_working_memory
+from .layout import bits_to_seconds
 
 log = logging.getLogger("AudioStory")
 
@@ -182,8 +183,13 @@ class AudioStoryVAE(comfy.sd.VAE):
     """A ``comfy.sd.VAE`` set up like core's Stable Audio (Oobleck) branch, wrapping the diffusers VAE."""
 
     def __init__(self, diffusers_vae, dtype: torch.dtype):
-        # comfy.sd.VAE.__init__ detects architectures from a state dict; the AudioStory VAE config can
-        # differ from Stable Audio's fixed one, so the attributes are set here as in its Oobleck branch.
+        # Why not comfy.sd.VAE(sd=..., metadata=...): ComfyUI 0.8.0 builds its audio VAE only from a state dict
+        # in its own key layout ("decoder.layers.1.layers.0.beta") and then always with Stable Audio's fixed
+        # hyper-parameters (AudioOobleckVAE(): 128 channels, c_mults 1-16, strides 2-8, 64 latents); its
+        # ``config=`` argument builds an AutoencoderKL only. The AudioStory VAE is diffusers' AutoencoderOobleck
+        # with the hyper-parameters of its vae_config.json (the test fixtures use a smaller one), so no public
+        # constructor builds it; the attributes below are exactly those core's Oobleck branch sets, with the
+        # ratios, channels and rate read from the config, and the rest of comfy.sd.VAE is used unchanged.
         self.memory_used_encode = lambda shape, dt: (1000 * shape[2]) * mm.dtype_size(dt)
         self.memory_used_decode = lambda shape, dt: (1000 * shape[2] * 2048) * mm.dtype_size(dt)
         self.latent_channels = int(diffusers_vae.config.decoder_input_channels)

@@ -18,7 +18,9 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..audiostory_core.progress import Hooks
-from .logic import StageProgress, list_model_roots, pick_dtype
+from .dtypes_memory import pick_dtype
+from .model_roots import list_model_roots
+from .streaming import StageProgress
 
 MODEL_FOLDER = "audiostory"
 folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))

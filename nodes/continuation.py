@@ -14,8 +14,10 @@ from ..audiostory_core.tasks.continuation import (DEFAULT_WHISPER, LONG_INPUT, M
 from ..audiostory_core.errors import InputError, ModelFilesError
 from . import comfy_models as cm
 from .common import AudioContext, Planner, model_folders
-from .logic import CROSSFADE_CURVES, audio_dict, audio_from_dict, resolve_model_root
-from .media_logic import checkpoint_tensors, join_continuation, make_audio_context
+from .layout import audio_dict, audio_from_dict
+from .model_roots import resolve_model_root
+from .widgets import setting_input
+from .audio_context import checkpoint_tensors, join_continuation, make_audio_context
 
 CATEGORY = "audio/AudioStory/continuation"
 
@@ -107,8 +109,8 @@ class AudioStoryContinuationJoin(io.ComfyNode):
             inputs=[
                 AudioContext.Input("audio_context"),
                 io.Audio.Input("continuation", tooltip="The decoded story (AudioStory Decode)."),
-                io.Float.Input("crossfade", default=3.0, min=0.0, max=10.0, step=0.1),
-                io.Combo.Input("curve", options=list(CROSSFADE_CURVES), default="linear"),
+                setting_input("crossfade", step=0.1),
+                setting_input("crossfade_curve", "curve"),
                 io.Combo.Input("output", options=["joined", "continuation"], default="joined"),
             ],
             outputs=[io.Audio.Output("audio", display_name="audio")],

@@ -12,7 +12,9 @@ from ..audiostory_core.progress import NO_HOOKS, Hooks
 from . import comfy_models as cm
 from .common import (CATEGORY, Planner, dit_dtype, llm_dtype, make_hooks, model_folders, model_roots,
                      reference_numerics, vae_dtype)
-from .logic import DTYPE_CHOICES, PlannerHandle, dtype_from_choice, no_roots_message, resolve_model_root
+from .dtypes_memory import DTYPE_CHOICES, dtype_from_choice
+from .model_roots import no_roots_message, resolve_model_root
+from .values import PlannerHandle
 
 
 class AudioStoryModelLoader(io.ComfyNode):

@@ -12,8 +12,11 @@ from ..audiostory_core.errors import InputError
 from ..audiostory_core.stages.audio import crossfade_concat, resample, write_audio
 from ..audiostory_core.stages.event_tokens import clip_seconds
 from .common import CATEGORY, Events, make_hooks, reference_numerics
-from .logic import (CROSSFADE_CURVES, SAVE_FORMATS, EventsBundle, audio_dict, check_latent_matches, pad_clips,
-                    safe_prefix, sample_rate_problem, workflow_metadata, write_flac_with_metadata)
+from .widgets import setting_input
+from .input_checks import sample_rate_problem
+from .layout import audio_dict, check_latent_matches, pad_clips
+from .save import SAVE_FORMATS, safe_prefix, workflow_metadata, write_flac_with_metadata
+from .values import EventsBundle
 
 log = logging.getLogger("AudioStory")
 
@@ -30,12 +33,10 @@ class AudioStoryDecode(io.ComfyNode):
                 io.Vae.Input("vae"),
                 io.Latent.Input("samples"),
                 Events.Input("events"),
-                io.Float.Input("crossfade", default=3.0, min=0.0, max=10.0, step=0.1,
-                               tooltip="Seconds of overlap; the same value as in AudioStoryEventTokens."),
-                io.Int.Input("sample_rate", default=32000, min=0, max=192000,
-                             tooltip="32000 = reference output rate; 0 = the VAE's own rate (44100)."),
-                io.Combo.Input("curve", options=list(CROSSFADE_CURVES), default="linear", optional=True,
-                               tooltip="linear = reference; equal_power keeps loudness through the fade."),
+                setting_input("crossfade", step=0.1,
+                              tooltip="Seconds of overlap; the same value as in AudioStoryEventTokens."),
+                setting_input("sample_rate", tooltip="32000 = reference output rate; 0 = the VAE's own rate (44100)."),
+                setting_input("crossfade_curve", "curve", optional=True),
             ],
             outputs=[
                 io.Audio.Output(display_name="audio", tooltip="The whole story."),

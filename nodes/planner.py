@@ -10,8 +10,10 @@ from ..audiostory_core.stages.plan import PlanResult, generate_plan
 from ..audiostory_core.tasks.memory import with_history
 from . import comfy_models as cm
 from .common import CATEGORY, AudioContext, Memory, Plan, Planner, make_hooks, reference_numerics, send_text
-from .logic import (PlanBundle, ReadableStream, TextThrottle, describe_plan, instruction_problem, parse_plan_json,
-                    planner_audio_context, validate_plan_inputs)
+from .widgets import setting_input
+from .input_checks import describe_plan, instruction_problem, parse_plan_json, validate_plan_inputs
+from .streaming import ReadableStream, TextThrottle
+from .values import PlanBundle, planner_audio_context
 
 
 class AudioStoryPlanner(io.ComfyNode):
@@ -29,8 +31,7 @@ class AudioStoryPlanner(io.ComfyNode):
                                 tooltip="The story to tell. The sentence 'The total duration is N seconds.' is added."),
                 io.Float.Input("total_duration", default=12.0, min=1.0, max=600.0, step=0.5,
                                tooltip="Length of the whole story in seconds."),
-                io.Int.Input("max_new_tokens", default=1600, min=16, max=8192,
-                             tooltip="Upper bound on generated tokens (reasoning + events)."),
+                setting_input("max_new_tokens", tooltip="Upper bound on generated tokens (reasoning + events)."),
                 Memory.Input("memory", optional=True,
                              tooltip="Earlier chapters: they are shown to the planner as earlier chat turns."),
                 AudioContext.Input("audio_context", optional=True,

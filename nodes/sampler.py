@@ -14,8 +14,10 @@ from ..audiostory_core.errors import InputError
 from ..audiostory_core.stages.sampling import make_noise, reference_sigmas, sample_latents
 from . import comfy_models as cm
 from .common import CATEGORY, Events, make_hooks, reference_numerics
-from .logic import NOISE_CHOICES, REFERENCE_SAMPLER, EventsBundle, conditioning_pair, to_comfy_latent
-from .reroll_logic import event_rows, merge_rows, render_rows
+from .layout import conditioning_pair, to_comfy_latent
+from .values import EventsBundle
+from .event_rows import event_rows, merge_rows, render_rows
+from .widgets import CORE_SAMPLERS, REFERENCE_SAMPLER, setting_input
 
 
 class AudioStoryNoiseGenerator:
@@ -41,9 +43,9 @@ class AudioStoryNoise(io.ComfyNode):
             description="The reference noise (or per-event seeded noise) for SamplerCustomAdvanced, so a core "
                         "sampler reproduces AudioStorySampler exactly.",
             inputs=[
-                io.Combo.Input("noise", options=list(NOISE_CHOICES), default="seeded",
-                               tooltip="reference: seed 0 for every clip (official); seeded: seed + event index."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                setting_input("noise", tooltip="reference: seed 0 for every clip (official); seeded: seed + event "
+                                               "index."),
+                setting_input("seed", control_after_generate=True),
             ],
             outputs=[io.Noise.Output(display_name="noise")],
         )
@@ -65,17 +67,19 @@ class AudioStorySampler(io.ComfyNode):
             inputs=[
                 io.Model.Input("model"),
                 Events.Input("events"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Used by noise=seeded (clip i gets seed+i) and by stochastic samplers."),
-                io.Int.Input("steps", default=50, min=1, max=1000),
-                io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance against the null embedding (1 = off)."),
-                io.Combo.Input("sampler_name", options=[REFERENCE_SAMPLER] + list(comfy.samplers.KSampler.SAMPLERS),
-                               default=REFERENCE_SAMPLER),
+                setting_input("seed", control_after_generate=True,
+                              tooltip="Used by noise=seeded (clip i gets seed+i) and by stochastic samplers."),
+                setting_input("steps"),
+                setting_input("guidance", "cfg", step=0.1, round=0.01,
+                              tooltip="Classifier-free guidance against the null embedding (1 = off)."),
+                setting_input("sampler", "sampler_name",
+                              options=list(CORE_SAMPLERS) + list(comfy.samplers.KSampler.SAMPLERS),
+                              tooltip=f"{REFERENCE_SAMPLER} = the official sampler; audiostory_* = the library's "
+                                      "other samplers; the rest are ComfyUI's samplers on the same DiT."),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
                                tooltip="Ignored by reference_euler (σ = linspace(1, 1/steps, steps), then 0)."),
-                io.Combo.Input("noise", options=list(NOISE_CHOICES), default="seeded",
-                               tooltip="reference: the official noise (seed 0 for every clip); seeded: seed + i."),
+                setting_input("noise", tooltip="reference: the official noise (seed 0 for every clip); seeded: "
+                                               "seed + i."),
                 io.Sampler.Input("sampler", optional=True, tooltip="Overrides sampler_name."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="Overrides steps and scheduler."),
                 io.Latent.Input("previous", optional=True,
@@ -101,8 +105,12 @@ class AudioStorySampler(io.ComfyNode):
             if not rows:
                 return io.NodeOutput({"samples": previous["samples"].clone(), "type": "audio"})
             events, x = event_rows(events, rows), x[rows]
-        if sampler_name == REFERENCE_SAMPLER and sampler is None and sigmas is None and cm.is_unpatched(model):
-            samples = reference_sample(model, dit, events, x, int(steps), float(cfg), cls.hidden.unique_id)
+        core = CORE_SAMPLERS.get(sampler_name)
+        if core is not None and sampler is None and sigmas is None and cm.is_unpatched(model):
+            samples = reference_sample(model, dit, events, x, int(steps), float(cfg), cls.hidden.unique_id, core)
+        elif core is not None and sampler_name != REFERENCE_SAMPLER:
+            raise InputError(f"{sampler_name} is the library's sampler: it runs on an unpatched model without "
+                             "SAMPLER/SIGMAS inputs; pick a ComfyUI sampler for a patched model or custom sigmas.")
         else:
             samples = comfy_sample(model, events, x, int(seed), int(steps), float(cfg), sampler_name, scheduler,
                                    sampler, sigmas)
@@ -124,13 +132,13 @@ def checked_dit(model, events):
     return dit
 
 
-def reference_sample(model, dit, events: EventsBundle, x, steps: int, cfg: float, node_id):
-    """The official Euler sampler (core ``sample_latents``) on the DiT, loaded by the memory manager with
-    the working memory of one CFG step over all events."""
+def reference_sample(model, dit, events: EventsBundle, x, steps: int, cfg: float, node_id, sampler: str = "euler"):
+    """A core sampler (``sample_latents``; euler = the official one) on the DiT, loaded by the memory
+    manager with the working memory of one CFG step over all events."""
     e, t = events.count, events.audio_seq_len
     cm.load([model], model.model.memory_required([2 * e, 64, t]))
     lat = sample_latents(dit, events.fused, events.null_embedding, events.clip_seconds, steps=steps, guidance=cfg,
-                         initial_noise=x, sampler="euler", hooks=make_hooks(node_id))
+                         initial_noise=x, sampler=sampler, hooks=make_hooks(node_id))
     return to_comfy_latent(lat.float().to(mm.intermediate_device()))
 
 

@@ -14,7 +14,8 @@ from ..audiostory_core.tasks.score import (DEFAULT_CLAP, SELECT_MODES, ClapScore
                                            scores_table, select_events)
 from . import comfy_models as cm
 from .common import CATEGORY, Events, model_folders, reference_numerics
-from .logic import EventsBundle, audio_from_dict
+from .layout import audio_from_dict
+from .values import EventsBundle
 
 _LOADED: dict[str, tuple[float, ClapScorer, object]] = {}   # folder -> (mtime, scorer, ModelPatcher)
 

@@ -13,8 +13,11 @@ from ..audiostory_core.stages.plan import PlanResult
 from ..audiostory_core.tasks.memory import StoryMemory, fuse_with_memory, with_history
 from . import comfy_models as cm
 from .common import CATEGORY, Events, Memory, Plan, Planner, make_hooks, reference_numerics
-from .logic import (MEMORY_MODES, EventsBundle, PlanBundle, check_clip_lengths, conditioning_pair, empty_latent,
-                    memory_file, memory_for)
+from .widgets import setting_input
+from .input_checks import check_clip_lengths
+from .layout import conditioning_pair, empty_latent
+from .story_memory import MEMORY_MODES, memory_file, memory_for
+from .values import EventsBundle, PlanBundle
 
 
 class AudioStoryEventTokens(io.ComfyNode):
@@ -29,9 +32,9 @@ class AudioStoryEventTokens(io.ComfyNode):
             inputs=[
                 Planner.Input("planner"),
                 Plan.Input("plan"),
-                io.Float.Input("crossfade", default=3.0, min=0.0, max=10.0, step=0.1,
-                               tooltip="Seconds of overlap between clips; every clip but the last is rendered "
-                                       "this much longer. Use the same value in AudioStoryDecode."),
+                setting_input("crossfade", step=0.1,
+                              tooltip="Seconds of overlap between clips; every clip but the last is rendered "
+                                      "this much longer. Use the same value in AudioStoryDecode."),
                 Memory.Input("memory", optional=True,
                              tooltip="Remembered events of earlier chapters: their residual tokens join the "
                                      "fusion attention (empty or absent memory = reference tokens)."),

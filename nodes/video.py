@@ -1,7 +1,7 @@
 """Video nodes (ComfyUI V3): VIDEO -> scenes -> sound captions -> STORY_PLAN, and the mux that puts the
 story back on the video (stream copy).
 
-Between them runs the ordinary text-to-audio chain (event tokens, sampler, decode). The logic lives in ``media_logic.py`` and ``audiostory_core``.
+Between them runs the ordinary text-to-audio chain (event tokens, sampler, decode). The steps live in ``scenes.py`` and ``audiostory_core``.
 """
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ from ..audiostory_core.media.video import SceneList
 from . import comfy_models as cm
 from .common import CATEGORY as BASE_CATEGORY
 from .common import Plan, Planner, Scenes, make_hooks, model_folders
-from .logic import EXISTING_AUDIO, MUX_POLICIES, PlanBundle, audio_from_dict
-from .media_logic import (apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video,
-                          video_file)
+from .widgets import setting_input
+from .layout import audio_from_dict
+from .scenes import EXISTING_AUDIO, MUX_POLICIES
+from .values import PlanBundle
+from .scenes import apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video, video_file
 
 CATEGORY = "audio/AudioStory/dubbing"
 
@@ -45,8 +47,8 @@ class AudioStoryVideoScenes(io.ComfyNode):
             inputs=[
                 io.Video.Input("video"),
                 Planner.Input("planner", tooltip="Gives the longest clip the DiT renders."),
-                io.Float.Input("crossfade", default=3.0, min=0.0, max=10.0, step=0.1,
-                               tooltip="The crossfade used later: a scene holds at most one clip minus it."),
+                setting_input("crossfade", step=0.1,
+                              tooltip="The crossfade used later: a scene holds at most one clip minus it."),
                 io.Float.Input("threshold", default=0.12, min=0.01, max=1.0, step=0.01,
                                tooltip="Mean grey-level change (0-1) between samples that counts as a cut."),
                 io.Float.Input("analysis_fps", default=4.0, min=0.5, max=30.0, step=0.5),
@@ -144,7 +146,7 @@ class AudioStoryDubbingPlan(io.ComfyNode):
                 io.Combo.Input("event_captions", options=list(EVENT_CAPTIONS), default="auto",
                                tooltip="auto: the planner's captions if it wrote one event per scene, else the "
                                        "scene captions; planner: always the planner's; scenes: always the scenes'."),
-                io.Int.Input("max_new_tokens", default=1600, min=16, max=8192),
+                setting_input("max_new_tokens"),
             ],
             outputs=[Plan.Output("plan", display_name="plan"), io.String.Output("plan_json", display_name="plan_json")],
             hidden=[io.Hidden.unique_id],

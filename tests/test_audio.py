@@ -29,7 +29,7 @@ def test_linear_crossfade_matches_the_official_ramps():
 def test_equal_power_keeps_constant_power_for_uncorrelated_noise():
     torch.manual_seed(0)
     a, b = torch.randn(1, 400000), torch.randn(1, 400000)
-    out = crossfade_concat([a, b], 100000, 3.0, curve="equal_power")
+    out = crossfade_concat([a, b], 100000, 3.0, crossfade_curve="equal_power")
     mid = out[0, 400000 - 150000:400000 - 150000 + 1000]
     assert abs(mid.pow(2).mean().item() - 1.0) < 0.1
 

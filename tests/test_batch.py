@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from audiostory_core.stages.audio import read_audio
-from audiostory_core.tasks.batch import (BatchRunner, StorySettings, merge_manifest, parse_stories, read_entries,
-                                         shard)
+from audiostory_core.settings import RenderSettings
+from audiostory_core.tasks.batch import BatchRunner, merge_manifest, parse_stories, read_entries, shard
 
 REPO = Path(__file__).resolve().parents[1]
 STORM = "A thunderstorm rolls over a quiet farm at night."   # the shared fixture's trained instructions
@@ -67,7 +67,7 @@ def test_every_line_is_checked_up_front_with_its_line_number(tmp_path):
         json.dumps({"id": "g", "plan": {"events": []}}),
         json.dumps({"id": "h", "instruction": "x", "duration": 3, "steps": 0}),
     ]
-    parsed = parse_stories(lines, StorySettings(steps=7), tmp_path)
+    parsed = parse_stories(lines, RenderSettings(steps=7), tmp_path)
     assert [j.id for j in parsed.jobs] == ["f"]
     f = parsed.jobs[0]
     assert f.plan == plan and f.line == 9 and f.settings.steps == 7
@@ -86,7 +86,7 @@ def test_every_line_is_checked_up_front_with_its_line_number(tmp_path):
 def test_per_line_settings_override_the_defaults_and_change_the_spec():
     parsed = parse_stories([json.dumps({"id": "a", "instruction": STORM, "duration": 12, "seed": 5}),
                             json.dumps({"id": "b", "instruction": STORM, "duration": 12})],
-                           StorySettings(seed=1, guidance=3.0))
+                           RenderSettings(seed=1, guidance=3.0))
     a, b = parsed.jobs
     assert (a.settings.seed, b.settings.seed, a.settings.guidance) == (5, 1, 3.0)
     assert a.spec != b.spec and a.sampling_key == b.sampling_key
@@ -109,7 +109,7 @@ def test_resume_skips_complete_stories_and_renders_changed_or_damaged_ones(share
     out = tmp_path / "out"
 
     def run():
-        parsed = parse_stories(f.read_text().splitlines(), StorySettings(steps=2))
+        parsed = parse_stories(f.read_text().splitlines(), RenderSettings(steps=2))
         report = BatchRunner(shared_pipeline, out, max_batch=2).run(parsed.jobs)
         return report, merge_manifest(out, parsed, report.entries)
 
@@ -128,7 +128,7 @@ def test_resume_skips_complete_stories_and_renders_changed_or_damaged_ones(share
     report, rows = run()
     assert sorted(report.rendered) == ["storm", "truck"]
     assert read_entries(out)["storm"]["spec"] == parse_stories(f.read_text().splitlines(),
-                                                               StorySettings(steps=2)).jobs[0].spec
+                                                               RenderSettings(steps=2)).jobs[0].spec
 
 
 def test_an_out_of_memory_story_is_recorded_and_a_batch_too_big_together_splits(shared_pipeline, tmp_path,
@@ -141,7 +141,7 @@ def test_an_out_of_memory_story_is_recorded_and_a_batch_too_big_together_splits(
     monkeypatch.setattr(sampling, "sample_latents", oom)   # the cross-story batch path only
     jobs = parse_stories([json.dumps({"id": "storm", "instruction": STORM, "duration": 12.0}),
                           json.dumps({"id": "truck", "instruction": TRUCK, "duration": 7.5})],
-                         StorySettings(steps=2)).jobs
+                         RenderSettings(steps=2)).jobs
     report = BatchRunner(shared_pipeline, tmp_path / "a", max_batch=2).run(jobs)
     assert report.rendered == ["storm", "truck"] and not report.failed     # each story alone instead
 

@@ -393,14 +393,14 @@ def test_planner_node_puts_the_earlier_chapter_before_the_new_instruction(shared
     r = _run_in_comfy(r'''
 from pathlib import Path
 planner_node = importlib.import_module("audiostory_pack.nodes.planner")
-logic = importlib.import_module("audiostory_pack.nodes.logic")
+values = importlib.import_module("audiostory_pack.nodes.values")
 loading = importlib.import_module("audiostory_pack.audiostory_core.models.loading")
 config = importlib.import_module("audiostory_pack.audiostory_core.models.config")
 memory = importlib.import_module("audiostory_pack.audiostory_core.tasks.memory")
 tokens = importlib.import_module("audiostory_pack.audiostory_core.stages.event_tokens")
 pl = loading.load_models(config.locate(Path(%r)), dit=False, vae=False).planner
 llm_p, heads_p = cm.planner_patchers(pl)             # as the Loader node wraps them
-handle = logic.PlannerHandle(planner=pl, null_embedding=torch.zeros(1), audio_seq_len=176,
+handle = values.PlannerHandle(planner=pl, null_embedding=torch.zeros(1), audio_seq_len=176,
                              llm_patcher=llm_p, heads_patcher=heads_p)
 prompts = []
 real = planner_node.generate_plan
@@ -441,3 +441,25 @@ print(json.dumps({"one": tok.decode(prompts[0]), "two": tok.decode(prompts[1]),
     assert where == sorted(where) and len(where) == len(plan["events"]) >= 1
     for e in plan["events"]:
         assert f"<timestamp>{e['duration']:g}" in answer or f"<timestamp>{e['duration']}" in answer
+
+
+def test_library_sampler_runs_in_the_sampler_node(comfy, shared_pipeline):
+    """sampler_name audiostory_heun (derived from the library's sampler list) runs the library's Heun, the one
+    `--sampler heun` runs: the node's latents equal core ``sample_latents`` for the same plan, noise and seed."""
+    from safetensors.torch import load_file
+
+    from audiostory_core.stages.event_tokens import clip_seconds, event_tokens
+    from audiostory_core.stages.plan import generate_plan
+    from audiostory_core.stages.sampling import sample_latents
+
+    api = {k: v for k, v in _api().items() if k in ("1", "2", "3", "4")}
+    api["4"]["inputs"].update(sampler_name="audiostory_heun", steps=2, noise="seeded", seed=5)
+    api["99"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "latents/heun"}}
+    f = _ok(comfy.run(api))["outputs"]["99"]["latents"][0]
+    got = load_file(str(comfy.root / f.get("type", "output") / f.get("subfolder", "") / f["filename"]))
+    p, planner = shared_pipeline.models, api["2"]["inputs"]
+    r = generate_plan(p.planner, planner["instruction"], planner["total_duration"])
+    toks = event_tokens(p.planner, r.plan, r)
+    expect = sample_latents(p.dit, toks.fused, p.null_embedding, clip_seconds(toks.durations, 3.0), steps=2,
+                            guidance=api["4"]["inputs"]["cfg"], noise="seeded", seed=5, sampler="heun")
+    assert (got["latent_tensor"].transpose(1, 2) - expect).abs().max().item() < 1e-4

@@ -156,7 +156,7 @@ def test_cli_reroll_refuses_a_stale_edit_and_a_missing_dump(tiny_root, tmp_path,
 
 # ---------------------------------------------------------------- sampler node logic (no ComfyUI)
 def _node_reroll_logic():
-    """``nodes/reroll_logic.py`` imported as ComfyUI imports the pack (a sub-package), without ComfyUI."""
+    """``nodes/event_rows.py`` imported as ComfyUI imports the pack (a sub-package), without ComfyUI."""
     import importlib
     import sys
     import types
@@ -168,14 +168,14 @@ def _node_reroll_logic():
         pkg.__path__ = [str(Path(__file__).resolve().parents[1])]
         sys.modules[pkg_name] = pkg
     return tuple(importlib.import_module(f"{pkg_name}.{m}")
-                 for m in ("nodes.reroll_logic", "nodes.logic", "audiostory_core.errors"))
+                 for m in ("nodes.event_rows", "nodes.values", "nodes.layout", "audiostory_core.errors"))
 
 
 def test_sampler_node_rows_subset_and_merge(story):
-    rl, logic, errors = _node_reroll_logic()     # the pack's own error classes
-    ev = logic.EventsBundle(tokens=story.tokens, fused=story.tokens.fused, null_embedding=torch.zeros(1, 4, 1024),
+    rl, values, layout, errors = _node_reroll_logic()     # the pack's own error classes
+    ev = values.EventsBundle(tokens=story.tokens, fused=story.tokens.fused, null_embedding=torch.zeros(1, 4, 1024),
                             crossfade=3.0, audio_seq_len=story.latents.shape[1], plan=story.plan)
-    prev = {"samples": logic.to_comfy_latent(story.latents)}
+    prev = {"samples": layout.to_comfy_latent(story.latents)}
     assert rl.render_rows(None, "", ev) is None and rl.render_rows(None, "all", ev) is None
     with pytest.raises(errors.InputError, match="needs the previous LATENT"):
         rl.render_rows(None, "2", ev)

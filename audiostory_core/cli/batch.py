@@ -120,12 +120,10 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
 
 
 def _settings(args):
-    from ..tasks.batch import StorySettings, check_settings
+    from ..validation import check_settings
+    from .common import settings
 
-    return check_settings(StorySettings(
-        seed=args.seed, steps=args.steps, guidance=args.guidance, sampler=args.sampler, noise=args.noise,
-        sample_rate=args.sample_rate, crossfade=args.crossfade, crossfade_curve=args.crossfade_curve,
-        max_new_tokens=args.max_new_tokens, lead_phrase=args.lead_phrase))
+    return check_settings(settings(args))
 
 
 def _load(args, info: RankInfo, dist_on: bool):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..settings import DECODE_KEYS, RENDER_KEYS, SETTINGS, RenderSettings
+
 
 def tqdm_hooks(enabled: bool = True):
     """Hooks that draw one tqdm bar per stage on stderr."""
@@ -52,40 +54,43 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     add_decode_args(p)
 
 
+def add_setting_arg(p: argparse.ArgumentParser, name: str, help: str = "") -> None:
+    """``--<name>`` with the type, default, choices and help of :class:`RenderSettings`."""
+    s = SETTINGS[name]
+    kw = {"type": s.type} if s.type is not str else {}
+    if s.choices:
+        kw["choices"] = list(s.choices)
+    p.add_argument(s.flag, default=s.default, help=help or s.help, **kw)
+
+
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     """How the planner decodes: every command that plans a story has these."""
-    p.add_argument("--max-new-tokens", type=int, default=1600)
-    p.add_argument("--lead-phrase", default="none",
-                   help="none (instruction verbatim), random (inference.py with --seed), or an index 0-19")
+    for name in DECODE_KEYS:
+        add_setting_arg(p, name)
 
 
-def add_render_args(p: argparse.ArgumentParser, seed_help: str = "seed of the per-event noise") -> None:
+def add_render_args(p: argparse.ArgumentParser, seed_help: str = "") -> None:
     """Sampling, output and progress options: one definition for generate, dub, continue and batch."""
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
-    p.add_argument("--noise", choices=["reference", "seeded"], default="seeded",
-                   help="reference = official noise (seed 0, same for every clip); seeded = seed + event index")
-    p.add_argument("--sampler", choices=["euler", "heun", "dpmpp", "unipc"], default="euler")
-    p.add_argument("--sample-rate", type=int, default=32000, help="32000 (reference) or 44100 (VAE rate)")
-    p.add_argument("--crossfade", type=float, default=3.0)
-    p.add_argument("--crossfade-curve", choices=["linear", "equal_power"], default="linear")
+    for name in RENDER_KEYS:
+        add_setting_arg(p, name, seed_help if name == "seed" else "")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def pipeline(args, planner=True, dit=True, vae=True):
-    from ..models.config import locate
-    from ..models.loading import load_models
-    from ..pipeline import AudioStoryPipeline, resolve_device, resolve_dtype
+def settings(args, **overrides) -> RenderSettings:
+    """The command's settings (arguments it lacks keep their defaults; ``overrides`` win)."""
+    values = {name: getattr(args, name) for name in SETTINGS if getattr(args, name, None) is not None}
+    return RenderSettings(**{**values, **overrides})
 
-    paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
-                   qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
-    dev = resolve_device(args.device)
-    models = load_models(paths, resolve_dtype(args.dtype, dev), dev, planner=planner, dit=dit, vae=vae,
-                         strict=getattr(args, "strict", False))
-    for w in models.warnings:
+
+def pipeline(args, planner=True, dit=True, vae=True):
+    """``AudioStoryPipeline.from_pretrained`` with the command's model arguments; load warnings on stderr."""
+    from ..pipeline import AudioStoryPipeline
+
+    pipe = AudioStoryPipeline.from_pretrained(model_paths(args), args.device, args.dtype, planner=planner, dit=dit,
+                                              vae=vae, strict=getattr(args, "strict", False))
+    for w in pipe.models.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    return AudioStoryPipeline(models)
+    return pipe
 
 
 def lead(args) -> str:
@@ -102,20 +107,9 @@ def check_args(args) -> None:
     from .. import validation as v
 
     get = lambda name: getattr(args, name, None)  # noqa: E731
-    if get("steps") is not None:
-        v.check_steps(args.steps)
-    if get("guidance") is not None:
-        v.check_guidance(args.guidance)
-    if get("seed") is not None:
-        v.check_seed(args.seed)
-    if get("sample_rate") is not None:
-        v.check_sample_rate(args.sample_rate)      # the CLI has no "0 = VAE rate": say 44100
-    if get("crossfade") is not None:
-        v.check_crossfade(args.crossfade)
-    if get("max_new_tokens") is not None:
-        v.check_max_new_tokens(args.max_new_tokens)
-    if get("lead_phrase") is not None:
-        v.check_lead_phrase(args.lead_phrase, get("seed") or 0)
+    for name in SETTINGS:
+        if get(name) is not None:       # the CLI has no sample rate "0 = VAE rate": say 44100
+            v.check_setting(name, get(name), allow_native_rate=False)
     if get("duration") is not None:
         v.check_total_duration(args.duration, "--duration")
     if get("instruction") is not None:
@@ -125,16 +119,18 @@ def check_args(args) -> None:
 
 
 def model_paths(args):
-    """Locate the model files (reads two small configs, loads nothing)."""
+    """Locate the model files once per command (reads two small configs, loads nothing)."""
     from ..models.config import locate
 
-    return locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
-                  qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
+    if getattr(args, "located", None) is None:
+        args.located = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
+                              qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
+    return args.located
 
 
 def clip_window(args) -> float:
     """Longest clip of this model root in seconds, without loading it."""
-    from ..tasks.dubbing import max_clip_seconds_for
+    from ..models.config import max_clip_seconds_for
 
     return max_clip_seconds_for(model_paths(args))
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import AudioStoryError, GenerationInterrupted
-from .common import (add_model_args, add_plan_args, add_render_args, check_args, clip_window, lead, pipeline,
-                     read_plan, tqdm_hooks)
+from .common import (add_model_args, add_plan_args, add_render_args, add_setting_arg, check_args, clip_window, lead,
+                     pipeline, read_plan, settings, tqdm_hooks)
 from .media import COMMANDS as _MEDIA_COMMANDS, add_parsers as _add_media_parsers  # dub, continue
 from .batch import COMMANDS as _BATCH_COMMANDS, add_parser as _add_batch_parser  # batch
 from .reroll import add_reroll_args, cmd_reroll, score_generated  # generate --reuse/--reroll/--score
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print the story plan as JSON")
     add_model_args(p)
     add_plan_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    add_setting_arg(p, "seed", "seed of --lead-phrase random")
 
     _add_media_parsers(sub, add_model_args)
     _add_batch_parser(sub, add_model_args)
@@ -113,22 +113,22 @@ def cmd_generate(args) -> int:
         return cmd_reroll(args, pipeline, _write_dump)
     pipe = pipeline(args)
     hooks, close = tqdm_hooks(not args.quiet)
+    s = settings(args)
     try:
-        res = pipe.generate(args.instruction or "", args.duration or 0.0, plan=plan, steps=args.steps,
-                            guidance=args.guidance, seed=args.seed, noise=args.noise, sampler=args.sampler,
-                            sample_rate=args.sample_rate, crossfade=args.crossfade, curve=args.crossfade_curve,
-                            max_new_tokens=args.max_new_tokens, lead=lead(args), hooks=hooks)
+        res = pipe.generate(args.instruction or "", args.duration or 0.0, plan=plan, **s.render_kwargs(),
+                            max_new_tokens=s.max_new_tokens, lead=lead(args), hooks=hooks)
     finally:
         close()
     for p in res.problems:
         print(f"warning: {p}", file=sys.stderr)
     out = Path(args.out)
     if args.dump:
+        from dataclasses import replace
+
         from ..tasks.reroll import dump_settings
 
         _write_dump(Path(args.dump), res, _dump_audio_name(out),
-                    dump_settings(args.crossfade, args.steps, args.guidance, args.seed, args.noise, args.sampler,
-                                  res.sample_rate, args.crossfade_curve))
+                    dump_settings(replace(s, sample_rate=res.sample_rate)))
     write_audio(out, res.audio, res.sample_rate)
     n = res.audio.shape[-1]
     print(f"wrote {out} ({n / res.sample_rate:.2f} s, {res.sample_rate} Hz, {len(res.plan.events)} events)",

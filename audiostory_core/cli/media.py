@@ -10,7 +10,8 @@ import gc
 import sys
 from pathlib import Path
 
-from .common import add_decode_args, add_render_args, check_args, lead, pipeline, read_plan, tqdm_hooks
+from .common import (add_decode_args, add_render_args, check_args, clip_window, lead, pipeline, read_plan, settings,
+                     tqdm_hooks)
 
 
 def add_parsers(sub, add_model_args) -> None:
@@ -117,16 +118,13 @@ def check_continue_args(args) -> None:
 
 
 def cmd_dub(args) -> int:
-    from ..models.config import locate
-    from ..tasks.dubbing import dub_video, dubbing_plan, max_clip_seconds_for, max_scene_seconds, write_text_atomic
+    from ..tasks.dubbing import dub_video, dubbing_plan, max_scene_seconds, write_text_atomic
     from ..pipeline import resolve_device
 
     given_plan = check_dub_args(args)
     hooks, close = tqdm_hooks(not args.quiet)
     try:
-        paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
-                       qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
-        max_scene = max_scene_seconds(max_clip_seconds_for(paths), args.crossfade)
+        max_scene = max_scene_seconds(clip_window(args), args.crossfade)
         scenes, captioned = _scenes(args, max_scene)
         if not captioned and not args.plan:
             from ..media.captioning import VisionCaptioner
@@ -147,10 +145,9 @@ def cmd_dub(args) -> int:
         else:
             plan = dubbing_plan(pipe.models.planner, scenes, args.brief, event_captions=args.event_captions,
                                 lead=lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks).plan
-        res = dub_video(pipe, args.video, args.out, scenes, plan=plan, crossfade=args.crossfade, steps=args.steps,
-                        guidance=args.guidance, noise=args.noise, seed=args.seed, sampler=args.sampler,
-                        sample_rate=args.sample_rate, curve=args.crossfade_curve, existing_audio=args.existing_audio,
-                        mix_gain_db=args.mix_gain_db, audio_codec=args.audio_codec, hooks=hooks)
+        res = dub_video(pipe, args.video, args.out, scenes, plan=plan, **settings(args).render_kwargs(),
+                        existing_audio=args.existing_audio, mix_gain_db=args.mix_gain_db,
+                        audio_codec=args.audio_codec, hooks=hooks)
         if args.plan_out:
             write_text_atomic(args.plan_out, res.plan.to_json())
     finally:
@@ -201,9 +198,7 @@ def cmd_continue(args) -> int:
     hooks, close = tqdm_hooks(not args.quiet)
     try:
         res = continue_audio(pipe, ctx, args.instruction, args.duration, output=args.output, lead=lead(args),
-                             max_new_tokens=args.max_new_tokens, crossfade=args.crossfade, steps=args.steps,
-                             guidance=args.guidance, noise=args.noise, seed=args.seed, sampler=args.sampler,
-                             sample_rate=args.sample_rate, curve=args.crossfade_curve, hooks=hooks)
+                             max_new_tokens=args.max_new_tokens, **settings(args).render_kwargs(), hooks=hooks)
     finally:
         close()
     for p in res.problems:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +32,7 @@ def cmd_reroll(args, pipeline: Callable, write_dump: Callable) -> int:
     from ..stages.audio import write_audio
     from ..stages.plan import StoryPlan
     from ..tasks.reroll import dump_settings, edited_events, format_events, parse_events, read_dump, reroll
-    from .common import tqdm_hooks
+    from .common import settings, tqdm_hooks
 
     if not args.reuse or args.reroll is None:
         raise InputError("A re-roll needs both --reuse DUMP_DIR (a --dump folder) and --reroll EVENTS (e.g. 2,4).")
@@ -50,25 +51,22 @@ def cmd_reroll(args, pipeline: Callable, write_dump: Callable) -> int:
     if abs(crossfade - args.crossfade) > 1e-9:
         raise InputError(f"The dump was rendered with a {crossfade:g} s crossfade and its clips only fit that; "
                          f"pass --crossfade {crossfade:g}.")
-    steps = args.steps
     seed = args.reroll_seed if args.reroll_seed is not None else int(dump.settings.get("seed", args.seed)) + 1
+    s = settings(args, crossfade=crossfade, seed=seed)
     pipe = pipeline(args, planner=bool(edited))
     hooks, close = tqdm_hooks(not args.quiet)
     try:
-        res = reroll(pipe, plan, dump.tokens, dump.latents, render, previous_plan=dump.plan, crossfade=crossfade,
-                     steps=steps, guidance=args.guidance, noise=args.noise, seed=seed, sampler=args.sampler,
-                     sample_rate=args.sample_rate, curve=args.crossfade_curve, hooks=hooks)
+        res = reroll(pipe, plan, dump.tokens, dump.latents, render, previous_plan=dump.plan, **s.render_kwargs(),
+                     hooks=hooks)
     finally:
         close()
     for p in res.problems:
         print(f"warning: {p}", file=sys.stderr)
     out = Path(args.out)
-    settings = dump_settings(crossfade, steps, args.guidance, seed, args.noise, args.sampler, res.sample_rate,
-                             args.crossfade_curve)
     if args.dump:
-        write_dump(Path(args.dump), res, _audio_name(out), settings)
+        write_dump(Path(args.dump), res, _audio_name(out), dump_settings(replace(s, sample_rate=res.sample_rate)))
     write_audio(out, res.audio, res.sample_rate)
-    print(f"re-rendered events {format_events(render)} (seed {seed}, {steps} steps); kept "
+    print(f"re-rendered events {format_events(render)} (seed {seed}, {s.steps} steps); kept "
           f"{len(plan.events) - len(render)} events; wrote {out}", file=sys.stderr)
     if args.score:
         score_generated(args, res, out, crossfade)

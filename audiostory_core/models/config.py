@@ -6,13 +6,12 @@ The official release is laid out as ``ckpt/AudioStory-3B/{config.yaml,pytorch_mo
 ``audiostory``), so the AudioStory folder is found by its contents, and every path written inside
 a config is resolved against the chosen model root, never against the current directory.
 ``config.yaml`` is read as data: its Hydra ``_target_`` strings are never imported, and its
-OmegaConf ``${...}`` interpolations are resolved here (node references and ``oc.env``).
+OmegaConf ``${...}`` interpolations are resolved by OmegaConf (node references and ``oc.env``).
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,9 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import ModelFilesError
-from .download import FOLDER_REPOS, cached_snapshot
+from .sources import FOLDER_REPOS, cached_snapshot
 
 AUDIOSTORY_NAMES = ("AudioStory-3B", "audiostory-3B", "audiostory_3b", "audiostory-3b", "audiostory")
-FLUX_NAMES = ("Flux_detokenizer",)
 QWEN_DEFAULT = "Qwen2.5-3B-Instruct"
 T5_DEFAULT = "flan-t5-large"
 
@@ -45,61 +43,59 @@ MAX_RESIDUAL = 501
 # 645 frames are the official 30 s; 4096 (~190 s per clip) is far beyond any release and still renders.
 MAX_AUDIO_SEQ_LEN = 4096
 
-_INTERP = re.compile(r"\$\{([^${}]*)\}")
+# Clip geometry: the Oobleck VAE turns one latent frame into HOP samples at its own rate.
+HOP = 2048
+VAE_SAMPLE_RATE = 44100          # the release's VAE rate (vae_config.json "sampling_rate")
+
+
+def clip_seconds(durations: list[float], crossfade: float) -> list[float]:
+    """Non-last events are rendered ``crossfade`` seconds longer so clips overlap (official rule)."""
+    return [d + crossfade if i < len(durations) - 1 else d for i, d in enumerate(durations)]
+
+
+def max_clip_seconds(audio_seq_len: int, vae_sample_rate: int = VAE_SAMPLE_RATE) -> float:
+    """Longest clip the DiT renders: ``audio_seq_len`` latent frames of :data:`HOP` samples."""
+    return audio_seq_len * HOP / vae_sample_rate
 
 
 def resolve_interpolations(raw: Any, path: Path) -> Any:
-    """Resolve OmegaConf ``${a.b.0.c}``, ``${.sibling}`` and ``${oc.env:VAR[,default]}`` in a loaded YAML tree.
+    """Resolve the OmegaConf ``${a.b.0.c}``, ``${.sibling}`` and ``${oc.env:VAR[,default]}`` of a loaded YAML tree
+    with OmegaConf itself (data only: nothing is instantiated).
 
     Hydra configs may write ``pretrained_model_name_or_path: ${paths.qwen}``; read as plain YAML that
     string would be taken as a folder name. Anything else (custom resolvers, cycles) is a clear error.
     """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException, UnsupportedInterpolationType
 
-    def lookup(expr: str, parent: list) -> Any:
-        if expr.startswith("oc.env:"):
-            name, _, default = expr[len("oc.env:"):].partition(",")
-            value = os.environ.get(name.strip())
-            if value is None:
-                if not default:
-                    raise ModelFilesError(f"{path}: '${{{expr}}}' needs the environment variable {name.strip()}.")
-                value = default.strip().strip("'\"")
-            return value
-        if ":" in expr:
-            raise ModelFilesError(f"{path}: interpolation '${{{expr}}}' uses a resolver that is not supported; "
-                                  "write the value itself into config.yaml.")
-        if expr.startswith("."):
-            dots = len(expr) - len(expr.lstrip("."))
-            base = parent[-dots] if dots <= len(parent) else None
-            keys = expr[dots:].split(".") if expr[dots:] else []
-        else:
-            base, keys = raw, expr.split(".")
-        cur = base
-        for k in keys:
-            try:
-                cur = cur[int(k)] if isinstance(cur, list) else cur[k]
-            except (KeyError, IndexError, ValueError, TypeError):
-                raise ModelFilesError(f"{path}: interpolation '${{{expr}}}' points at nothing "
-                                      f"('{k}' not found).") from None
-        return cur
+    try:
+        return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        try:
+            written = _written_at(raw, key)
+        except (KeyError, IndexError, TypeError, ValueError):
+            written = key
+        reason = str(e).splitlines()[0]
+        env = re.search(r"Environment variable '([^']+)' not found", reason)
+        if env:
+            raise ModelFilesError(f"{path}: '{written}' needs the environment variable {env.group(1)}.") from None
+        if isinstance(e, UnsupportedInterpolationType):
+            raise ModelFilesError(f"{path}: interpolation '{written}' uses a resolver that is not supported; "
+                                  "write the value itself into config.yaml.") from None
+        if isinstance(e, InterpolationKeyError):
+            raise ModelFilesError(f"{path}: interpolation '{written}' points at nothing ({reason}; at {key}).") from None
+        if "Recursive interpolation" in reason:
+            raise ModelFilesError(f"{path}: interpolations refer to each other in a cycle (at {key}).") from None
+        raise ModelFilesError(f"{path}: cannot resolve the interpolation '{written}' at {key}: {reason}") from None
 
-    def resolve(value: Any, parent: list, depth: int) -> Any:
-        if depth > 32:
-            raise ModelFilesError(f"{path}: interpolations refer to each other in a cycle.")
-        if isinstance(value, dict):
-            return {k: resolve(v, parent + [value], depth) for k, v in value.items()}
-        if isinstance(value, list):
-            return [resolve(v, parent + [value], depth) for v in value]
-        if not isinstance(value, str) or "${" not in value:
-            return value
-        whole = _INTERP.fullmatch(value)
-        if whole:
-            return resolve(lookup(whole.group(1).strip(), parent), parent, depth + 1)
-        out = _INTERP.sub(lambda m: str(resolve(lookup(m.group(1).strip(), parent), parent, depth + 1)), value)
-        if "${" in out:
-            raise ModelFilesError(f"{path}: cannot resolve the interpolation in '{value}'.")
-        return out
 
-    return resolve(raw, [], 0)
+def _written_at(raw: Any, key: str) -> Any:
+    """The value written at an OmegaConf ``full_key`` (``a.b[0].c``) of the raw YAML tree."""
+    cur = raw
+    for part in re.findall(r"[^.\[\]]+", key):
+        cur = cur[int(part)] if isinstance(cur, list) else cur[part]
+    return cur
 
 
 def _positive_int(value: Any, what: str, path: Path, upper: Optional[int] = None) -> int:
@@ -389,3 +385,14 @@ def locate(root: str | Path, *, audiostory_dir: str | Path | None = None, flux_d
     added = resolve_in_root(root, cfg.added_tokens_path) if cfg.added_tokens_path else None
     return ModelPaths(root=root, audiostory_dir=as_dir, flux_dir=flux_dir, qwen_dir=qwen, t5_dir=t5,
                       tokenizer_dir=tok, added_tokens_json=added)
+
+
+def max_clip_seconds_for(paths: ModelPaths) -> float:
+    """:func:`max_clip_seconds` of a model root without loading it (two small configs)."""
+    sr = VAE_SAMPLE_RATE
+    if paths.vae_config.is_file():
+        try:
+            sr = int(json.loads(paths.vae_config.read_text()).get("sampling_rate", sr))
+        except (OSError, ValueError):
+            pass
+    return max_clip_seconds(FluxConfig.from_json(paths.flux_config).audio_seq_len, sr)

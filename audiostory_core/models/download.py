@@ -12,41 +12,11 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from ..errors import ModelFilesError
-
-
-@dataclass(frozen=True)
-class Source:
-    key: str
-    repo: str
-    folder: str
-    patterns: Optional[tuple[str, ...]]
-    note: str
-    renames: tuple[tuple[str, str], ...] = ()
-    optional: bool = False      # fetched only when named in ``only`` (not needed to generate)
-
-
-SOURCES = (
-    Source("audiostory", "TencentARC/AudioStory-3B", "AudioStory-3B", ("*.yaml", "*.bin", "*.json", "*.md"),
-           "config.yaml + pytorch_model.bin"),
-    Source("qwen", "Qwen/Qwen2.5-3B-Instruct", "Qwen2.5-3B-Instruct",
-           ("*.json", "*.safetensors", "merges.txt", "vocab.json", "*.md", "LICENSE"),
-           "base LLM, tokenizer, generation_config.json"),
-    Source("t5", "google/flan-t5-large", "flan-t5-large", ("*.json", "*.safetensors", "spiece.model"),
-           "T5 encoder for the CFG negative"),
-    Source("vae", "declare-lab/TangoFlux", "Flux_detokenizer", ("config.json", "vae.safetensors", "vae_config.json"),
-           "config.json + Oobleck VAE (vae.safetensors -> model.safetensors)",
-           renames=(("vae.safetensors", "model.safetensors"),)),
-    Source("clap", "laion/clap-htsat-unfused", "clap-htsat-unfused",
-           ("*.json", "merges.txt", "pytorch_model.bin"), "CLAP for `score` (optional: --only clap)",
-           optional=True),
-)
-# Layout folder name -> hub repo, so a config's ``ckpt/Qwen2.5-3B-Instruct`` also resolves from the cache.
-FOLDER_REPOS = {s.folder: s.repo for s in SOURCES}
+from .sources import SOURCES, Source, cached_snapshot
 
 
 def hf_command(src: Source, revision: Optional[str] = None) -> str:
@@ -62,17 +32,6 @@ def layout_help(root: Path) -> str:
     for s in SOURCES:
         lines.append(f"  {hf_command(s)}   # -> {root / s.folder}/ ({s.note})")
     return "\n".join(lines)
-
-
-def cached_snapshot(repo: str, revision: Optional[str] = None) -> Optional[Path]:
-    """The snapshot folder of ``repo`` in the local Hugging Face cache, or None. Never uses the network."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        p = Path(snapshot_download(repo_id=repo, revision=revision, local_files_only=True))
-    except Exception:  # not cached, or no huggingface_hub: the caller reports what is missing
-        return None
-    return p if p.is_dir() else None
 
 
 def _offline() -> bool:

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from ..errors import PlanError
+from ..models.config import clip_seconds  # noqa: F401 - the clip rule, declared with the model geometry
 from .plan import PlanResult, PromptContext, StoryPlan, embed_prompt, forced_sequence, prompt_ids_for
 from ..progress import Hooks, as_hooks
 
@@ -24,11 +25,6 @@ class EventTokens:
     residual: torch.Tensor   # [E, M, 1024] audio_projector outputs
     fused: torch.Tensor      # [E, N, 1024] (sem + MHA(sem, res, res)) / t5_feature_scale
     durations: list[float]
-
-
-def clip_seconds(durations: list[float], crossfade: float) -> list[float]:
-    """Non-last events are rendered ``crossfade`` seconds longer so clips overlap (official rule)."""
-    return [d + crossfade if i < len(durations) - 1 else d for i, d in enumerate(durations)]
 
 
 @torch.no_grad()

@@ -8,11 +8,10 @@ with ``<|think|>``, and the event layout
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
-from ..errors import InputError
+from ..settings import LEAD_PHRASES, lead_phrase  # noqa: F401 - the lead_phrase setting's phrases
 
 T5_OPEN, T5_CLOSE, T5_QUERY = "<t5>", "</t5>", "<t5_{:05d}>"
 AUD_OPEN, AUD_CLOSE, AUD_QUERY = "<aud>", "</aud>", "<aud_{:05d}>"
@@ -71,8 +70,6 @@ class TokenIds:
     @property
     def gen_close(self) -> int: return self._id(GEN_CLOSE)
     @property
-    def think_open(self) -> int: return self._id(THINK_OPEN)
-    @property
     def think_close(self) -> int: return self._id(THINK_CLOSE)
     @property
     def ts_open(self) -> int: return self._id(TS_OPEN)
@@ -97,51 +94,6 @@ def expected_ids(base: int) -> dict[str, int]:
 SYSTEM_MESSAGE = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 USER_TURN = "<|im_start|>user\n{instruction}<|im_end|>\n"
 ASSISTANT_START = "<|im_start|>assistant\n" + THINK_OPEN
-
-# The lead phrases of evaluate/inference.py (GEN_PROMPT_ALL), in order.
-LEAD_PHRASES = (
-    "Create a long-form audio composition that explores ",
-    "I'd like an extended audio track with rich details of ",
-    "Craft an immersive soundscape that slowly unfolds ",
-    "Please produce a comprehensive recording capturing every aspect of ",
-    "Generate a detailed, drawn-out audio that brings to life ",
-    "Let's design a textured audio piece highlighting the nuances of ",
-    "Kindly fashion a lengthy audio journey through ",
-    "Devise a long-form audio narrative of ",
-    "Develop a gradually developing audio with meticulous attention to ",
-    "Imagine and produce a vivid audio experience of ",
-    "Construct a detailed soundscape that tells the story of ",
-    "Please generate a sustained audio track filled with ",
-    "Produce an in-depth, multi-layered audio that portrays ",
-    "Design a descriptive audio capturing the essence of ",
-    "Create a nuanced, extended audio that conveys ",
-    "I'd like to commission a long-form audio depicting ",
-    "Fashion a richly detailed audio recording of ",
-    "Propose a detailed, immersive audio that showcases ",
-    "Generate an elaborate audio piece focusing on ",
-    "Develop a comprehensive audio that fully represents ",
-)
-
-
-def lead_phrase(choice: str | int | None, seed: int = 0) -> str:
-    """Resolve a lead-phrase choice.
-
-    ``None``/"none" gives no lead phrase (the instruction verbatim, as ``evaluate_long_audio.py``
-    does); "random" reproduces ``inference.py`` (``random.seed(seed); random.choice``), and an int
-    picks one phrase by index.
-    """
-    if choice is None or choice == "none":
-        return ""
-    if choice == "random":
-        return random.Random(seed).choice(LEAD_PHRASES)
-    try:
-        idx = int(choice)
-    except (TypeError, ValueError):
-        idx = None
-    if idx is None or isinstance(choice, bool) or not 0 <= idx < len(LEAD_PHRASES):
-        raise InputError(f"lead phrase must be none, random or an index 0..{len(LEAD_PHRASES) - 1}, got {choice!r}.")
-    return LEAD_PHRASES[idx]
-
 
 def format_total_duration(total: float) -> str:
     """The official code formats the total as a Python float: 50 -> '50.0'."""

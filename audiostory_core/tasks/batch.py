@@ -34,29 +34,15 @@ import torch
 from ..atomic import atomic_write
 from ..errors import AudioStoryError, GenerationInterrupted, InputError
 from ..progress import Hooks
+from ..settings import RenderSettings
+from ..validation import check_settings
 
 MANIFEST = "manifest.jsonl"
 SHARD_GLOB = "manifest.rank*.jsonl"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-@dataclass(frozen=True)
-class StorySettings:
-    """Per-story render settings; the CLI flags give the defaults and each JSONL line may override them."""
-
-    seed: int = 0
-    steps: int = 50
-    guidance: float = 4.0
-    sampler: str = "euler"
-    noise: str = "seeded"
-    sample_rate: int = 32000
-    crossfade: float = 3.0
-    crossfade_curve: str = "linear"
-    max_new_tokens: int = 1600
-    lead_phrase: str = "none"
-
-
-STORY_KEYS = ("id", "instruction", "duration", "plan") + tuple(StorySettings.__dataclass_fields__)
+STORY_KEYS = ("id", "instruction", "duration", "plan") + tuple(RenderSettings.__dataclass_fields__)
 
 
 @dataclass
@@ -65,7 +51,7 @@ class StoryJob:
     line: int
     instruction: str
     duration: Optional[float]
-    settings: StorySettings
+    settings: RenderSettings
     plan: Optional[dict] = None
 
     @property
@@ -99,30 +85,6 @@ class ParsedStories:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-def check_settings(s: StorySettings) -> StorySettings:
-    """Validate and normalise every setting with the library's validators (CLI defaults and per-line keys)."""
-    from .. import validation as v
-
-    checks = {"seed": v.check_seed, "steps": v.check_steps, "guidance": v.check_guidance,
-              "sample_rate": lambda x: v.check_sample_rate(x, allow_native=True), "crossfade": v.check_crossfade,
-              "max_new_tokens": v.check_max_new_tokens,
-              "sampler": lambda x: v.check_choice(x, v.SAMPLERS, "sampler"),
-              "noise": lambda x: v.check_choice(x, v.NOISE_MODES, "noise"),
-              "crossfade_curve": lambda x: v.check_choice(x, v.CROSSFADES, "crossfade_curve")}
-    values = {}
-    for key, check in checks.items():
-        try:
-            values[key] = check(getattr(s, key))
-        except (AudioStoryError, TypeError, ValueError) as e:
-            raise InputError(f"'{key}': {e}") from e
-    s = replace(s, **values)
-    try:
-        v.check_lead_phrase(s.lead_phrase, s.seed)
-    except (AudioStoryError, TypeError, ValueError) as e:
-        raise InputError(f"'lead_phrase': {e}") from e
-    return s
-
-
 def _plan_object(v: Any, base_dir: Optional[Path]) -> dict:
     """A plan given inline (JSON object) or as a path to a plan JSON (relative to the stories file)."""
     from ..stages.plan import StoryPlan
@@ -139,7 +101,7 @@ def _plan_object(v: Any, base_dir: Optional[Path]) -> dict:
     return v
 
 
-def parse_story(obj: Any, line: int, defaults: StorySettings, base_dir: Optional[Path] = None) -> StoryJob:
+def parse_story(obj: Any, line: int, defaults: RenderSettings, base_dir: Optional[Path] = None) -> StoryJob:
     """One JSONL object -> :class:`StoryJob`; raises :class:`InputError`/:class:`PlanError` with the reason."""
     if not isinstance(obj, dict):
         raise InputError(f"a story must be a JSON object, got {type(obj).__name__}")
@@ -161,12 +123,12 @@ def parse_story(obj: Any, line: int, defaults: StorySettings, base_dir: Optional
         raise InputError("'duration' (total seconds) is missing")
     if duration is not None:
         duration = v.check_total_duration(duration, "'duration'")
-    overrides = {k: obj[k] for k in StorySettings.__dataclass_fields__ if k in obj}
+    overrides = {k: obj[k] for k in RenderSettings.__dataclass_fields__ if k in obj}
     settings = check_settings(replace(defaults, **overrides))
     return StoryJob(id=sid, line=line, instruction=instruction, duration=duration, settings=settings, plan=plan)
 
 
-def parse_stories(lines: Iterable[str], defaults: StorySettings = StorySettings(),
+def parse_stories(lines: Iterable[str], defaults: RenderSettings = RenderSettings(),
                   base_dir: Optional[Path] = None) -> ParsedStories:
     """Check every line up front: malformed lines and every line of a duplicated id become errors."""
     jobs: list[StoryJob] = []
@@ -198,7 +160,7 @@ def parse_stories(lines: Iterable[str], defaults: StorySettings = StorySettings(
     return ParsedStories(jobs, errors)
 
 
-def read_stories(path: Union[str, Path], defaults: StorySettings = StorySettings()) -> ParsedStories:
+def read_stories(path: Union[str, Path], defaults: RenderSettings = RenderSettings()) -> ParsedStories:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -422,9 +384,7 @@ class BatchRunner:
         try:
             res = self.pipe.generate(job.instruction, job.duration or 0.0,
                                      plan=StoryPlan.from_dict(job.plan) if job.plan is not None else None,
-                                     steps=s.steps, guidance=s.guidance, seed=s.seed, noise=s.noise,
-                                     sampler=s.sampler, sample_rate=s.sample_rate, crossfade=s.crossfade,
-                                     curve=s.crossfade_curve, max_new_tokens=s.max_new_tokens,
+                                     **s.render_kwargs(), max_new_tokens=s.max_new_tokens,
                                      lead=lead_phrase(s.lead_phrase, s.seed), hooks=self.hooks)
             self._write(job, res.plan, res.audio, res.sample_rate, res.problems, t0, 0.0, 1, report)
         except GenerationInterrupted:
@@ -507,7 +467,8 @@ class BatchRunner:
     def _finish(self, p: _Prepared, t0: float, report: BatchReport) -> None:
         s = p.job.settings
         audio, _, sr = self.pipe.decode(p.latents, p.plan.durations, crossfade=s.crossfade,
-                                        sample_rate=s.sample_rate, curve=s.crossfade_curve, hooks=self.hooks)
+                                        sample_rate=s.sample_rate, crossfade_curve=s.crossfade_curve,
+                                        hooks=self.hooks)
         self._write(p.job, p.plan, audio, sr, p.problems, t0, p.seconds, p.batch_stories, report)
 
     def _write(self, job: StoryJob, plan, audio: torch.Tensor, sr: int, problems: list[str], t0: float,

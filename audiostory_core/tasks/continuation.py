@@ -402,18 +402,18 @@ class Continuation:
 
 
 def join(input_audio: InputAudio, story: torch.Tensor, sample_rate: int, crossfade: float,
-         curve: str = "linear") -> torch.Tensor:
+         crossfade_curve: str = "linear") -> torch.Tensor:
     """Input (resampled, channels matched) followed by the story, with the stories' crossfade."""
     x = resample(input_audio.wave, input_audio.sample_rate, sample_rate)
     if x.shape[0] != story.shape[0]:
         x = x.expand(story.shape[0], -1) if x.shape[0] == 1 else x.mean(0, keepdim=True).expand(story.shape[0], -1)
-    return crossfade_concat([x.contiguous(), story], sample_rate, crossfade, curve)
+    return crossfade_concat([x.contiguous(), story], sample_rate, crossfade, crossfade_curve)
 
 
 def continue_audio(pipe, ctx: AudioContext, instruction: str, duration: float, *, output: str = "joined",
                    lead: str = "", max_new_tokens: Optional[int] = None, crossfade: float = 3.0,
                    steps: int = 50, guidance: float = 4.0, noise: str = "seeded", seed: int = 0,
-                   sampler: str = "euler", sample_rate: int = 32000, curve: str = "linear",
+                   sampler: str = "euler", sample_rate: int = 32000, crossfade_curve: str = "linear",
                    hooks: Optional[Hooks] = None) -> Continuation:
     """Plan and render ``duration`` seconds that follow the input; ``output`` = joined | continuation."""
     hooks = as_hooks(hooks)
@@ -434,13 +434,13 @@ def continue_audio(pipe, ctx: AudioContext, instruction: str, duration: float, *
     toks = event_tokens(planner, res.plan, res, hooks, context=pc)
     lat = pipe.sample(toks, crossfade=crossfade, steps=steps, guidance=guidance, noise=noise, seed=seed,
                       sampler=sampler, hooks=hooks)
-    story, _, sr = pipe.decode(lat, res.plan.durations, crossfade=crossfade, sample_rate=sample_rate, curve=curve,
-                               hooks=hooks)
+    story, _, sr = pipe.decode(lat, res.plan.durations, crossfade=crossfade, sample_rate=sample_rate,
+                               crossfade_curve=crossfade_curve, hooks=hooks)
     if output == "joined":
         n = int(crossfade * sr)
         if ctx.audio.wave.shape[-1] * sr / ctx.audio.sample_rate < n:
             problems.append(f"the input is shorter than the {crossfade:g} s crossfade; it is joined without overlap")
-        out = join(ctx.audio, story, sr, crossfade, curve)
+        out = join(ctx.audio, story, sr, crossfade, crossfade_curve)
     else:
         out = story
     return Continuation(audio=out, continuation=story, sample_rate=sr, plan_result=res,

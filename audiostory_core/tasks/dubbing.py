@@ -29,21 +29,6 @@ DEFAULT_BRIEF = "Create the soundtrack of this video: sound effects and ambience
 EVENT_CAPTIONS = ("auto", "planner", "scenes")
 
 
-def max_clip_seconds_for(paths) -> float:
-    """Clip length of a model root without loading it: ``audio_seq_len`` latent frames of 2048 samples."""
-    import json
-
-    from ..models.config import FluxConfig
-
-    sr = 44100
-    if paths.vae_config.is_file():
-        try:
-            sr = int(json.loads(paths.vae_config.read_text()).get("sampling_rate", sr))
-        except (OSError, ValueError):
-            pass
-    return FluxConfig.from_json(paths.flux_config).audio_seq_len * 2048 / sr
-
-
 def max_scene_seconds(max_clip_seconds: float, crossfade: float) -> float:
     """Longest scene one event can hold: a non-last clip is rendered ``crossfade`` seconds longer."""
     m = max_clip_seconds - max(0.0, crossfade)
@@ -172,7 +157,7 @@ class Soundtrack:
 
 def render_soundtrack(pipe, plan: StoryPlan, video_seconds: float, *, crossfade: float = 3.0,
                       steps: int = 50, guidance: float = 4.0, noise: str = "seeded", seed: int = 0,
-                      sampler: str = "euler", sample_rate: int = 32000, curve: str = "linear",
+                      sampler: str = "euler", sample_rate: int = 32000, crossfade_curve: str = "linear",
                       hooks: Optional[Hooks] = None) -> Soundtrack:
     """Teacher-force and render the plan with the usual stages; the result lasts exactly the video."""
     hooks = as_hooks(hooks)
@@ -187,8 +172,8 @@ def render_soundtrack(pipe, plan: StoryPlan, video_seconds: float, *, crossfade:
     toks = event_tokens(pipe.models.planner, plan, None, hooks)
     lat = pipe.sample(toks, crossfade=cf, steps=steps, guidance=guidance, noise=noise, seed=seed,
                       sampler=sampler, hooks=hooks)
-    audio, _, sr = pipe.decode(lat, plan.durations, crossfade=cf, sample_rate=sample_rate, curve=curve,
-                               hooks=hooks)
+    audio, _, sr = pipe.decode(lat, plan.durations, crossfade=cf, sample_rate=sample_rate,
+                               crossfade_curve=crossfade_curve, hooks=hooks)
     return Soundtrack(audio=fit_length(audio, int(round(video_seconds * sr))), sample_rate=sr, crossfade=cf,
                       problems=problems)
 
@@ -205,7 +190,7 @@ def dub_video(pipe, video: Union[str, Path], out: Union[str, Path], scenes: Scen
               plan: Optional[StoryPlan] = None, event_captions: str = "auto", lead: str = "",
               max_new_tokens: Optional[int] = None, crossfade: float = 3.0, steps: int = 50,
               guidance: float = 4.0, noise: str = "seeded", seed: int = 0, sampler: str = "euler",
-              sample_rate: int = 32000, curve: str = "linear", existing_audio: str = "replace",
+              sample_rate: int = 32000, crossfade_curve: str = "linear", existing_audio: str = "replace",
               mix_gain_db: float = -12.0, audio_codec: Optional[str] = None,
               hooks: Optional[Hooks] = None) -> DubResult:
     """Plan (unless ``plan`` is given), render and mux. ``out`` is written atomically, at the very end."""
@@ -220,8 +205,8 @@ def dub_video(pipe, video: Union[str, Path], out: Union[str, Path], scenes: Scen
                             max_new_tokens=max_new_tokens, hooks=hooks).plan
     check_plan_fits(plan, scenes, pipe.max_clip_seconds, crossfade)
     track = render_soundtrack(pipe, plan, scenes.duration, crossfade=crossfade, steps=steps, guidance=guidance,
-                              noise=noise, seed=seed, sampler=sampler, sample_rate=sample_rate, curve=curve,
-                              hooks=hooks)
+                              noise=noise, seed=seed, sampler=sampler, sample_rate=sample_rate,
+                              crossfade_curve=crossfade_curve, hooks=hooks)
     path = mux_audio_onto_video(video, track.audio, track.sample_rate, out, policy="pad",
                                 audio_codec=audio_codec, existing_audio=existing_audio, mix_gain_db=mix_gain_db)
     return DubResult(path=Path(path), plan=plan, scenes=scenes, soundtrack=track)

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import InputError, PlanError
 from ..progress import Hooks, as_hooks
+from ..settings import RENDER_KEYS, RenderSettings
 from ..stages.event_tokens import EventTokens
 from ..stages.plan import StoryPlan
 
@@ -25,8 +26,9 @@ if TYPE_CHECKING:  # the pipeline imports the stages only; no cycle at runtime
     from ..pipeline import AudioStoryPipeline, StoryAudio
 
 DUMP_FILES = ("plan.json", "tokens.safetensors", "latents.safetensors")
-# generation settings stored as metadata of latents.safetensors (all strings, safetensors metadata rules)
-SETTING_KEYS = ("crossfade", "steps", "guidance", "seed", "noise", "sampler", "sample_rate", "curve")
+# generation settings stored as metadata of latents.safetensors (JSON strings, safetensors metadata rules);
+# dumps written before the settings were unified name crossfade_curve "curve" (never read back)
+SETTING_KEYS = RENDER_KEYS
 
 
 def parse_events(spec: Union[str, Sequence[int], None], n_events: int) -> list[int]:
@@ -82,12 +84,9 @@ class Dump:
     settings: dict = field(default_factory=dict)
 
 
-def dump_settings(crossfade: float, steps: int, guidance: float, seed: int, noise: str, sampler: str,
-                  sample_rate: int, curve: str) -> dict[str, str]:
-    """The generation settings as safetensors metadata (so a re-roll knows the clip geometry)."""
-    vals = dict(crossfade=crossfade, steps=steps, guidance=guidance, seed=seed, noise=noise, sampler=sampler,
-                sample_rate=sample_rate, curve=curve)
-    return {k: json.dumps(v) for k, v in vals.items()}
+def dump_settings(settings: RenderSettings) -> dict[str, str]:
+    """The render settings as safetensors metadata (so a re-roll knows the clip geometry)."""
+    return {k: json.dumps(v) for k, v in settings.render_kwargs().items()}
 
 
 def read_dump(folder: Union[str, Path]) -> Dump:
@@ -180,7 +179,7 @@ def merge_tokens(previous: EventTokens, fresh: Optional[EventTokens], rows: Sequ
 def reroll(pipe: "AudioStoryPipeline", plan: StoryPlan, previous_tokens: EventTokens,
            previous_latents: torch.Tensor, render: Sequence[int], *, previous_plan: Optional[StoryPlan] = None,
            crossfade: float = 3.0, steps: int = 50, guidance: float = 4.0, noise: str = "seeded", seed: int = 0,
-           sampler: str = "euler", sample_rate: int = 32000, curve: str = "linear",
+           sampler: str = "euler", sample_rate: int = 32000, crossfade_curve: str = "linear",
            hooks: Optional[Hooks] = None) -> "StoryAudio":
     """Re-render the events ``render`` (0-based) of a previous render and restitch the story.
 
@@ -211,7 +210,7 @@ def reroll(pipe: "AudioStoryPipeline", plan: StoryPlan, previous_tokens: EventTo
     problems = list(plan.problems) + pipe.check_durations(plan.durations, crossfade)
     lat = pipe.sample(tokens, crossfade=crossfade, steps=steps, guidance=guidance, noise=noise, seed=seed,
                       sampler=sampler, hooks=hooks, previous_latents=previous_latents, render_events=render)
-    audio, clips, sr = pipe.decode(lat, plan.durations, crossfade=crossfade, sample_rate=sample_rate, curve=curve,
-                                   hooks=hooks)
+    audio, clips, sr = pipe.decode(lat, plan.durations, crossfade=crossfade, sample_rate=sample_rate,
+                                   crossfade_curve=crossfade_curve, hooks=hooks)
     return StoryAudio(plan=plan, tokens=tokens, latents=lat, audio=audio, clips=clips, sample_rate=sr,
                       problems=problems)

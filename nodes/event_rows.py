@@ -1,4 +1,4 @@
-"""Re-roll logic for the sampler node without ComfyUI: which events to render and the sub-batch to sample.
+"""Re-roll in the sampler node without ComfyUI: which events to render and the sub-batch to sample.
 
 The sampler node with a previous LATENT samples only the listed events and copies the other rows of the
 previous latent unchanged, so an upstream Score node can pick the events and ComfyUI's cache keeps the
@@ -13,7 +13,8 @@ import torch
 
 from ..audiostory_core.errors import InputError
 from ..audiostory_core.tasks.reroll import parse_events
-from .logic import EventsBundle, check_latent_matches
+from .layout import check_latent_matches
+from .values import EventsBundle
 
 
 @dataclass
