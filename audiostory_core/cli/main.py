@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import tempfile
@@ -56,6 +55,7 @@ def _write_dump(folder: Path, result, out_name: str, settings: Optional[dict] = 
     """Write the dump into a temporary folder first, then move the files in (no half-written dump)."""
     from safetensors.torch import save_file
 
+    from ..atomic import commit
     from ..stages.audio import write_audio
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def _write_dump(folder: Path, result, out_name: str, settings: Optional[dict] = 
                   metadata=settings)  # generation settings, read back by --reuse
         write_audio(t / out_name, result.audio, result.sample_rate)
         for f in ("plan.json", "tokens.safetensors", "latents.safetensors", out_name):
-            os.replace(t / f, folder / f)
+            commit(t / f, folder / f)      # fsync, rename, fsync the folder
 
 
 DUMP_FILES = ("plan.json", "tokens.safetensors", "latents.safetensors")
