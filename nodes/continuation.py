@@ -12,6 +12,7 @@ from ..audiostory_core.models.config import find_audiostory_dir
 from ..audiostory_core.tasks.continuation import (DEFAULT_WHISPER, LONG_INPUT, MODES, ResamplerSpec, WhisperFeatures,
                                             resampler_status)
 from ..audiostory_core.errors import InputError, ModelFilesError
+from ..audiostory_core.validation import check_texts
 from . import comfy_models as cm
 from .common import AudioContext, Planner, model_folders
 from .logic import CROSSFADE_CURVES, audio_dict, audio_from_dict, resolve_model_root
@@ -58,6 +59,7 @@ class AudioStoryAudioContext(io.ComfyNode):
     @classmethod
     def execute(cls, planner, audio, instruction, total_duration, understanding, whisper, audio_description,
                 long_input, placeholder, audio_encoder=None) -> io.NodeOutput:
+        check_texts(instruction=instruction, audio_description=audio_description, placeholder=placeholder)
         wave, sr = audio_from_dict(audio, "audio")
         pl = planner.planner
         tensors = checkpoint_tensors(find_audiostory_dir(resolve_model_root(model_folders(), planner.root_name))

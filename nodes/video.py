@@ -16,6 +16,7 @@ from comfy_api.latest import InputImpl, io, ui
 from ..audiostory_core.media.captioning import DEFAULT_VLM, VisionCaptioner
 from ..audiostory_core.tasks.dubbing import EVENT_CAPTIONS
 from ..audiostory_core.errors import InputError
+from ..audiostory_core.validation import check_texts
 from ..audiostory_core.media.video import SceneList
 from . import comfy_models as cm
 from .common import CATEGORY as BASE_CATEGORY
@@ -98,6 +99,7 @@ class AudioStoryVideoCaptioner(io.ComfyNode):
 
     @classmethod
     def execute(cls, scenes, vlm, brief, captions, max_new_tokens) -> io.NodeOutput:
+        check_texts(brief=brief, captions=captions)
         sc = _own_copy(_scenes(scenes))
         if not apply_typed_captions(sc, captions):
             cap = load_captioner(vlm, int(max_new_tokens))
@@ -152,6 +154,7 @@ class AudioStoryDubbingPlan(io.ComfyNode):
 
     @classmethod
     def execute(cls, planner, scenes, brief, captions, event_captions, max_new_tokens) -> io.NodeOutput:
+        check_texts(brief=brief, captions=captions)
         sc = _own_copy(_scenes(scenes))
         pl = planner.planner
         cm.load([planner.llm_patcher, planner.heads_patcher], cm.llm_working_memory(pl.llm, 2048 + int(max_new_tokens)))

@@ -65,26 +65,18 @@ def _search_dirs(args) -> list[Path]:
 def _scenes(args, max_scene: float):
     from ..media.captioning import apply_captions, parse_captions
     from ..media.video import check_frame_rate, detect_scenes, probe_video, scenes_from_dict
-    import json
-
-    from ..errors import InputError
+    from ..validation import MAX_INSTRUCTION_CHARS, parse_json, read_text_file
 
     if args.scenes:
         info = probe_video(args.video)
         check_frame_rate(info, args.allow_vfr)
-        try:
-            data = json.loads(Path(args.scenes).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"Cannot read scenes {args.scenes}: {e}") from e
+        data = parse_json(read_text_file(args.scenes, "--scenes"), f"--scenes {args.scenes}")
         return scenes_from_dict(data, info, max_scene), True
     sc = detect_scenes(args.video, max_scene_seconds=max_scene, threshold=args.threshold,
                        analysis_fps=args.analysis_fps, min_scene_seconds=args.min_scene,
                        keyframes=args.keyframes, allow_vfr=args.allow_vfr)
     if args.captions:
-        try:
-            text = Path(args.captions).read_text()
-        except OSError as e:
-            raise InputError(f"Cannot read captions {args.captions}: {e}") from e
+        text = read_text_file(args.captions, "--captions", MAX_INSTRUCTION_CHARS)
         apply_captions(sc, parse_captions(text, len(sc.scenes)))
         return sc, True
     return sc, False
@@ -118,7 +110,8 @@ def check_continue_args(args) -> None:
 
 def cmd_dub(args) -> int:
     from ..models.config import locate
-    from ..tasks.dubbing import dub_video, dubbing_plan, max_clip_seconds_for, max_scene_seconds, write_text_atomic
+    from ..atomic import write_text_atomic
+    from ..tasks.dubbing import dub_video, dubbing_plan, max_clip_seconds_for, max_scene_seconds
     from ..pipeline import resolve_device
 
     given_plan = check_dub_args(args)
@@ -165,7 +158,7 @@ def cmd_continue(args) -> int:
     from ..stages.audio import write_audio
     from ..tasks.continuation import (PlaceholderLayout, WhisperFeatures, build_audio_context, check_input_audio,
                                continue_audio, load_audio_file)
-    from ..tasks.dubbing import write_text_atomic
+    from ..atomic import write_text_atomic
     from ..errors import InputError
     from ..models.loading import Checkpoint
 

@@ -6,8 +6,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..errors import InputError
-
 
 def add_score_args(p: argparse.ArgumentParser, standalone: bool = True) -> None:
     """CLAP options; ``generate --score`` shares all but the plan/audio inputs."""
@@ -55,16 +53,14 @@ def cmd_score(args) -> int:
 
     from ..stages.audio import read_audio
     from ..stages.plan import StoryPlan
+    from ..validation import check_input_file, read_text_file
 
-    path = Path(args.plan)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"Cannot read plan {path}: {e}") from e
+    path = check_input_file(args.plan, "--plan")
+    text = read_text_file(path, "--plan")
     plan = StoryPlan.from_json(text)
     crossfade = args.crossfade
     if crossfade is None:
-        crossfade = float((json.loads(text).get("scores") or {}).get("crossfade", 3.0))
+        crossfade = float((json.loads(text).get("scores") or {}).get("crossfade", 3.0))   # bounded just above
     audio, sr = read_audio(args.audio)
     run_score(args.models, args.clap, plan, audio, sr, crossfade, args.device, args.threshold,
               None if args.no_write else path)

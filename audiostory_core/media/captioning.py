@@ -7,7 +7,6 @@ are plain strings in the scene list, so users can type or edit them (``--caption
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..validation import MAX_INSTRUCTION_CHARS, check_text, parse_json
 from ..errors import InputError, ModelFilesError
 from ..progress import Hooks, as_hooks
 from .video import SceneList
@@ -149,15 +149,12 @@ class VisionCaptioner:
 # ---------------------------------------------------------------- user-edited captions
 def parse_captions(text: str, n_scenes: int) -> list[str]:
     """Captions typed by a user: a JSON list of strings, ``{"scenes": [{"caption": ...}]}``, or one per line."""
-    text = text.strip()
+    text = check_text(text, "The captions", MAX_INSTRUCTION_CHARS).strip()
     if not text:
         raise InputError("The captions are empty.")
     caps: list[str]
     if text[:1] in "[{":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"Captions JSON is invalid at line {e.lineno}, column {e.colno}: {e.msg}.") from e
+        data = parse_json(text, "Captions JSON")
         if isinstance(data, dict):
             data = data.get("scenes", data.get("captions"))
         if not isinstance(data, list):
