@@ -21,6 +21,21 @@ TEMP_MARK = ".part"
 """Every temporary name holds this (``.<stem>.<random>.part<suffix>``): cleanup and tests look for it."""
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (0666 less the umask), read without changing the
+    umask (Linux: /proc/self/status); mkstemp's own 0600 would hide outputs from other users."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+FILE_MODE = _file_mode()
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
     try:
@@ -63,6 +78,8 @@ def _temp_beside(path: Path) -> Iterator[tuple[int, Path, os.stat_result]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f"{TEMP_MARK}{path.suffix}")
     tmp = Path(name)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, FILE_MODE)
     created = os.fstat(fd)
     try:
         yield fd, tmp, created

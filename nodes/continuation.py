@@ -9,11 +9,13 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..audiostory_core.models.config import find_audiostory_dir
-from ..audiostory_core.tasks.continuation import (DEFAULT_WHISPER, LONG_INPUT, MODES, ResamplerSpec, WhisperFeatures,
+from ..audiostory_core.tasks.continuation import (LONG_INPUT, MODES, ResamplerSpec, WhisperFeatures,
                                             resampler_status)
 from ..audiostory_core.errors import InputError, ModelFilesError
+from ..audiostory_core.models.folders import WHISPER
 from ..audiostory_core.validation import check_texts
 from . import comfy_models as cm
+from . import model_choices
 from .common import AudioContext, Planner, model_folders
 from .logic import CROSSFADE_CURVES, audio_dict, audio_from_dict, resolve_model_root
 from .media_logic import checkpoint_tensors, join_continuation, make_audio_context
@@ -40,8 +42,7 @@ class AudioStoryAudioContext(io.ComfyNode):
                 io.Float.Input("total_duration", default=12.0, min=1.0, max=600.0, step=0.5,
                                tooltip="Optional, like instruction: the Planner's total_duration is what counts."),
                 io.Combo.Input("understanding", options=list(MODES), default="auto"),
-                io.String.Input("whisper", default=DEFAULT_WHISPER,
-                                tooltip="Whisper folder under models/audiostory/ or a Hugging Face id."),
+                model_choices.combo("whisper", WHISPER, "The Whisper encoder (openai/whisper-large-v3)."),
                 io.String.Input("audio_description", default="", multiline=True,
                                 tooltip="Words describing the input (the fallback, or extra help)."),
                 io.Combo.Input("long_input", options=list(LONG_INPUT), default="error",
@@ -84,10 +85,10 @@ def whisper_encoder(understanding: str, status: str, whisper: str, audio_descrip
         return None
     if audio_encoder is not None:
         return cm.CoreWhisperEncoder(audio_encoder)
-    dirs = model_folders()
     try:
-        w, patcher = cm.cached_aux_model("Whisper", (whisper, tuple(dirs)),
-                                         lambda dev: WhisperFeatures.from_pretrained(whisper, dirs, device=dev),
+        folder = model_choices.resolve(WHISPER, whisper)
+        w, patcher = cm.cached_aux_model("Whisper", (str(folder),),
+                                         lambda dev: WhisperFeatures.from_pretrained(folder, device=dev),
                                          lambda wf: wf.encoder)
     except ModelFilesError:
         if understanding == "whisper" or not audio_description.strip():

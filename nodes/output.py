@@ -105,6 +105,18 @@ class AudioStorySaveAudio(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, filename_prefix=None):
+        """The prefix's own rules (length, no NUL byte, inside the output folder), before anything renders."""
+        if filename_prefix is None:
+            return True
+        try:
+            check_texts(filename_prefix=filename_prefix)
+            safe_prefix(filename_prefix)
+        except InputError as e:
+            return str(e)
+        return True
+
+    @classmethod
     def execute(cls, audio, filename_prefix, format) -> io.NodeOutput:
         """Writes the files and returns the same UI payload as core SaveAudio (``{"audio": [...]}``), which the
         pack's web extension (web/audiostory.js) plays in an audio widget on the node."""

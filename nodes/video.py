@@ -13,14 +13,16 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import InputImpl, io, ui
 
-from ..audiostory_core.media.captioning import DEFAULT_VLM, VisionCaptioner
+from ..audiostory_core.media.captioning import VisionCaptioner
+from ..audiostory_core.models.folders import VLM
 from ..audiostory_core.tasks.dubbing import EVENT_CAPTIONS
 from ..audiostory_core.errors import InputError
 from ..audiostory_core.validation import check_texts
 from ..audiostory_core.media.video import SceneList
 from . import comfy_models as cm
+from . import model_choices
 from .common import CATEGORY as BASE_CATEGORY
-from .common import Plan, Planner, Scenes, make_hooks, model_folders
+from .common import Plan, Planner, Scenes, make_hooks
 from .logic import EXISTING_AUDIO, MUX_POLICIES, PlanBundle, audio_from_dict
 from .media_logic import (apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video,
                           video_file)
@@ -86,8 +88,7 @@ class AudioStoryVideoCaptioner(io.ComfyNode):
                         "SOUNDS each scene implies. Typed captions (one per line or a JSON list) replace it.",
             inputs=[
                 Scenes.Input("scenes"),
-                io.String.Input("vlm", default=DEFAULT_VLM,
-                                tooltip="Folder under models/audiostory/ or a Hugging Face id."),
+                model_choices.combo("vlm", VLM, "The vision-language model (Qwen/Qwen2.5-VL-3B-Instruct)."),
                 io.String.Input("brief", default="", multiline=False, tooltip="One line about the video (optional)."),
                 io.String.Input("captions", default="", multiline=True,
                                 tooltip="Optional: your own captions, one per scene; the VLM is then not used."),
@@ -118,9 +119,9 @@ def _own_copy(scenes: SceneList) -> SceneList:
 def load_captioner(vlm: str, max_new_tokens: int) -> VisionCaptioner:
     """The VLM, built once and kept between runs under a ModelPatcher, loaded by the memory manager with
     room for the keyframe tokens and the caption."""
-    dirs = model_folders()
-    cap, patcher = cm.cached_aux_model("VLM", (vlm, tuple(dirs)),
-                                       lambda dev: VisionCaptioner.from_pretrained(vlm, dirs, device=dev),
+    folder = model_choices.resolve(VLM, vlm)
+    cap, patcher = cm.cached_aux_model("VLM", (str(folder),),
+                                       lambda dev: VisionCaptioner.from_pretrained(folder, device=dev),
                                        lambda c: c.model)
     cap.max_new_tokens = max_new_tokens
     cm.load([patcher], cm.aux_working_memory(cap.model, 2048 + max_new_tokens))

@@ -10,6 +10,7 @@ import gc
 import sys
 from pathlib import Path
 
+from ..models.folders import VLM, WHISPER
 from .common import add_decode_args, add_render_args, check_args, lead, pipeline, read_plan, tqdm_hooks
 
 
@@ -25,7 +26,7 @@ def add_parsers(sub, add_model_args) -> None:
     d.add_argument("--captions-only", action="store_true", help="stop after writing --scenes-out")
     d.add_argument("--plan", help="render this plan JSON (e.g. an edited --plan-out) instead of planning")
     d.add_argument("--plan-out", help="write the forced plan here (an ordinary AudioStory plan JSON)")
-    d.add_argument("--vlm", default="Qwen2.5-VL-3B-Instruct", help="VLM folder or Hugging Face id")
+    d.add_argument("--vlm", default=VLM.default, help="VLM folder or Hugging Face id")
     d.add_argument("--keyframes", type=int, default=1, help="keyframes per scene given to the VLM")
     d.add_argument("--threshold", type=float, default=0.12, help="cut threshold (mean grey change, 0-1)")
     d.add_argument("--analysis-fps", type=float, default=4.0)
@@ -46,7 +47,7 @@ def add_parsers(sub, add_model_args) -> None:
     c.add_argument("--out", required=True, help="output .wav or .flac")
     c.add_argument("--output", choices=["joined", "continuation"], default="joined")
     c.add_argument("--understanding", choices=["auto", "whisper", "text"], default="auto")
-    c.add_argument("--whisper", default="whisper-large-v3", help="Whisper folder or Hugging Face id")
+    c.add_argument("--whisper", default=WHISPER.default, help="Whisper folder or Hugging Face id")
     c.add_argument("--audio-description", default="", help="words describing the input (text fallback)")
     c.add_argument("--long-input", choices=["error", "last"], default="error",
                    help="input longer than 30 s: refuse, or understand its last 30 s")

@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ..models.folders import CLAP
+
 
 def add_score_args(p: argparse.ArgumentParser, standalone: bool = True) -> None:
     """CLAP options; ``generate --score`` shares all but the plan/audio inputs."""
-    p.add_argument("--clap", default="clap-htsat-unfused",
+    p.add_argument("--clap", default=CLAP.default,
                    help="CLAP folder name under --models (clap-htsat-unfused, larger_clap_general) or a path")
     p.add_argument("--threshold", type=float, default=0.25,
                    help="events under this score are marked and suggested for --reroll")

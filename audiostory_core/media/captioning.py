@@ -17,10 +17,11 @@ import torch
 
 from ..validation import MAX_INSTRUCTION_CHARS, check_text, parse_json
 from ..errors import InputError, ModelFilesError
+from ..models.folders import VLM
 from ..progress import Hooks, as_hooks
 from .video import SceneList
 
-DEFAULT_VLM = "Qwen2.5-VL-3B-Instruct"
+DEFAULT_VLM = VLM.default
 SOUND_PROMPT = (
     "These frames come from one shot of a video. Describe the SOUNDS this scene would make, for a sound "
     "designer: the sound sources, actions, ambience and music mood, in one sentence of at most 25 words. "

@@ -22,12 +22,13 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..errors import InputError, ModelFilesError
+from ..models.folders import CLAP
 from ..stages.event_tokens import clip_seconds
 from ..stages.plan import StoryPlan
 from ..validation import parse_json, read_text_file
 
 CLAP_SAMPLE_RATE = 48000
-DEFAULT_CLAP = "clap-htsat-unfused"
+DEFAULT_CLAP = CLAP.default
 KNOWN_CLAP = {"clap-htsat-unfused": "laion/clap-htsat-unfused", "larger_clap_general": "laion/larger_clap_general"}
 VAE_SAMPLE_RATE = 44100     # clips are trimmed at this rate before resampling (the span rule follows it)
 
