@@ -23,11 +23,11 @@ MIN_EVENT_SECONDS = 0.1            # shorter clips have (almost) no samples afte
 MAX_EVENTS = 100                   # a 1600-token plan holds ~20 events with the release's 64+8 queries
 MAX_CAPTION_CHARS = 1000           # one event caption
 MAX_INSTRUCTION_CHARS = 20000      # instruction / brief (a dubbing brief lists every scene)
-MAX_NAME_CHARS = 1000             # a file name / prefix, a placeholder, an event list typed on a node
+MAX_NAME_CHARS = 1000              # a file name / prefix, a placeholder, an event list typed on a node
 MAX_REASONING_CHARS = 200000       # a plan's reasoning: the planner writes at most MAX_NEW_TOKENS tokens
 MAX_NOTE_CHARS = 2000              # one entry of a plan's "problems" / one event's decoded "text"
-MAX_LIST_ITEMS = 32768             # transcript ids (MAX_NEW_TOKENS), problems, memory chapters, batch lines' lists
-MAX_JSON_BYTES = 4 * 2 ** 20       # one plan / scenes / memory-metadata / batch-line JSON text
+MAX_LIST_ITEMS = 32768             # any other list read from a file (e.g. a memory file's events)
+MAX_JSON_BYTES = 4 * 2 ** 20       # one plan / scenes / captions / batch-line JSON text
 MAX_MEMORY_JSON_BYTES = 16 * MAX_JSON_BYTES   # a memory file's metadata: every chapter's plan JSON
 MAX_JSON_DEPTH = 32                # a plan nests 3 levels; deeper text is refused before it is parsed
 MAX_STEPS = 1000
@@ -421,6 +421,17 @@ def check_output_file(path: PathLike, *, formats: Optional[Sequence[str]] = None
                                   "input. Choose another output name.")
     _writable_folder(p.parent, what)
     return p
+
+
+def check_outside_input_folder(path: PathLike, folder: Any, what: str, folder_what: str) -> None:
+    """An output may not lie inside a folder the command reads (e.g. ``--out`` in the ``--reuse`` dump):
+    writing there would replace the files being read."""
+    if folder is None or not str(folder).strip():
+        return
+    p, f = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    if p == f or f in p.parents:
+        raise OutputPathError(f"{what} {path} lies inside {folder_what} {folder}, which this command reads; "
+                              "writing there would replace its files. Choose a path outside it.")
 
 
 def check_output_folder(path: PathLike, *, files: Sequence[str] = (), inputs: Iterable[Any] = (),
