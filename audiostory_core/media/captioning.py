@@ -150,7 +150,7 @@ class VisionCaptioner:
 # ---------------------------------------------------------------- user-edited captions
 def parse_captions(text: str, n_scenes: int) -> list[str]:
     """Captions typed by a user: a JSON list of strings, ``{"scenes": [{"caption": ...}]}``, or one per line."""
-    text = check_text(text, "The captions", MAX_INSTRUCTION_CHARS).strip()
+    text = check_text(text, "The captions text", MAX_INSTRUCTION_CHARS).strip()
     if not text:
         raise InputError("The captions are empty.")
     caps: list[str]
