@@ -2,7 +2,7 @@
 a finished one survives a power cut, and no write ever goes through a link someone planted.
 
 The temporary file is created with ``tempfile.mkstemp`` (``O_CREAT | O_EXCL | O_NOFOLLOW``, a random
-name, mode 0600) in the target's own folder, so an existing file or symlink at any name is never opened,
+name; then the mode a plain open() would give) in the target's own folder, so an existing file or symlink at any name is never opened,
 and two writers to one target never share a temporary file: the last rename wins and the target is always
 one writer's complete file. On success: fsync the file, rename it over the target, fsync the folder.
 """
