@@ -2,9 +2,9 @@
 a finished one survives a power cut, and no write ever goes through a link someone planted.
 
 The temporary file is created with ``tempfile.mkstemp`` (``O_CREAT | O_EXCL | O_NOFOLLOW``, a random
-name; then the mode a plain open() would give) in the target's own folder, so an existing file or symlink at any name is never opened,
-and two writers to one target never share a temporary file: the last rename wins and the target is always
-one writer's complete file. On success: fsync the file, rename it over the target, fsync the folder.
+name, then given the mode a plain ``open()`` would give) in the target's own folder, so an existing file
+or symlink at any name is never opened, and two writers to one target never share a temporary file: the
+last rename wins and the target is always one writer's complete file. On success: fsync the file, rename it over the target, fsync the folder.
 """
 from __future__ import annotations
 
