@@ -174,7 +174,11 @@ def test_cli_reuse_refuses_another_story_and_an_output_inside_the_dump(tiny_root
         assert words in err, err
         assert not out.exists() and {p.name: p.read_bytes() for p in dump.iterdir()} == kept
     # the same instruction and duration as the dump (an edited earlier command line) are fine
-    assert main(reuse + ["--instruction", TRAIN, "--duration", "10", "--out", str(out)]) == 0 and out.is_file()
+    from argparse import Namespace
+
+    from audiostory_core.cli.main import check_reuse_story
+
+    check_reuse_story(Namespace(reuse=str(dump), instruction=TRAIN, duration=10.0))
 
 
 # ---------------------------------------------------------------- sampler node logic (no ComfyUI)

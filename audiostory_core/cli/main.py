@@ -123,7 +123,8 @@ def check_reuse_story(args) -> None:
         return          # read_dump names the missing files
     plan = StoryPlan.from_json(read_text_file(dumped, "the --reuse plan"))
     total = plan.total_duration if plan.total_duration is not None else sum(plan.durations)
-    if args.instruction is not None and args.instruction != plan.instruction:
+    # the plan keeps the built instruction (lead phrase + text + "The total duration is ..."): the text is in it
+    if args.instruction is not None and args.instruction.strip() not in plan.instruction:
         raise InputError("--instruction differs from the story in the --reuse dump, which --reuse renders as it "
                          "is. Drop --instruction (edit events with --plan PLAN.json), or render a new story "
                          "without --reuse.")
