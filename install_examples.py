@@ -10,7 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from .audiostory_core.atomic import atomic_write
+from .audiostory_core.atomic import atomic_file
 
 log = logging.getLogger("AudioStory")
 
@@ -26,8 +26,8 @@ def install_examples(input_dir: Path, examples_dir: Path = EXAMPLES_DIR) -> list
         src, dst = examples_dir / name, input_dir / name
         if dst.exists() or not src.is_file():
             continue
-        with atomic_write(dst) as tmp:
-            shutil.copyfile(src, tmp)
+        with atomic_file(dst) as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
         written.append(dst)
     return written
 

@@ -25,6 +25,13 @@ MIN_EVENT_SECONDS = 0.1            # shorter clips have (almost) no samples afte
 MAX_EVENTS = 100                   # a 1600-token plan holds ~20 events with the release's 64+8 queries
 MAX_CAPTION_CHARS = 1000           # one event caption
 MAX_INSTRUCTION_CHARS = 20000      # instruction / brief (a dubbing brief lists every scene)
+MAX_NAME_CHARS = 1000              # a file name / prefix, a placeholder, an event list typed on a node
+MAX_REASONING_CHARS = 200000       # a plan's reasoning: the planner writes at most MAX_NEW_TOKENS tokens
+MAX_NOTE_CHARS = 2000              # one entry of a plan's "problems" / one event's decoded "text"
+MAX_LIST_ITEMS = 32768             # any other list read from a file (e.g. a memory file's events)
+MAX_JSON_BYTES = 4 * 2 ** 20       # one plan / scenes / captions / batch-line JSON text
+MAX_MEMORY_JSON_BYTES = 16 * MAX_JSON_BYTES   # a memory file's metadata: every chapter's plan JSON
+MAX_JSON_DEPTH = 32                # a plan nests 3 levels; deeper text is refused before it is parsed
 # the render settings' limits are declared in settings.py (RenderSettings); these names read them
 MAX_STEPS = SETTINGS["steps"].max
 MAX_GUIDANCE = SETTINGS["guidance"].max
@@ -105,6 +112,109 @@ def check_instruction(text: Any, what: str = "instruction") -> str:
     if len(text) > MAX_INSTRUCTION_CHARS:
         raise InputError(f"The {what} has {len(text)} characters; the limit is {MAX_INSTRUCTION_CHARS}. Shorten it.")
     return text
+
+
+def check_text(text: Any, what: str, limit: int, error: type = InputError) -> str:
+    """A string of at most ``limit`` characters (any string field of a plan, memory or batch line)."""
+    if not isinstance(text, str):
+        raise error(f"{what} must be a string, got {type(text).__name__}.")
+    if len(text) > limit:
+        raise error(f"{what} has {len(text)} characters; the limit is {limit}. Shorten it.")
+    return text
+
+
+def check_list(items: Any, what: str, limit: int = MAX_LIST_ITEMS, error: type = InputError) -> list:
+    """A list of at most ``limit`` items."""
+    if not isinstance(items, list):
+        raise error(f"{what} must be a list, got {type(items).__name__}.")
+    if len(items) > limit:
+        raise error(f"{what} has {len(items)} items; the limit is {limit}.")
+    return items
+
+
+TEXT_LIMITS = {"instruction": MAX_INSTRUCTION_CHARS, "brief": MAX_INSTRUCTION_CHARS,
+               "captions": MAX_INSTRUCTION_CHARS, "audio_description": MAX_INSTRUCTION_CHARS,
+               "placeholder": MAX_NAME_CHARS, "render_events": MAX_NAME_CHARS, "path": MAX_NAME_CHARS,
+               "filename_prefix": MAX_NAME_CHARS}
+"""The bound of every free-text input a node or command takes (plan JSON: :func:`parse_json`)."""
+PATH_TEXTS = ("path", "filename_prefix")
+
+
+def check_texts(**values: Any) -> None:
+    """Each named text within its :data:`TEXT_LIMITS` bound (None: a linked input, checked when it runs);
+    file names also without NUL bytes, which no file system accepts."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        check_text(value, name, TEXT_LIMITS[name])
+        if name in PATH_TEXTS and "\x00" in value:
+            raise InputError(f"{name} contains a NUL byte (\\x00), which no file name can hold; remove it.")
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text, found without parsing it (strings skipped)."""
+    import itertools
+    import re
+
+    brackets = re.sub(r'"(?:[^"\\]|\\.)*"|[^\[\]{}"]+', "", text)
+    if not brackets:
+        return 0
+    steps = brackets.translate(str.maketrans({"[": "1", "{": "1", "]": "0", "}": "0"}))
+    return max(itertools.accumulate(1 if c == "1" else -1 for c in steps))
+
+
+def check_json_text(text: Any, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH,
+                    error: type = InputError) -> str:
+    """Untrusted JSON text, before it is parsed: its size and nesting depth (cheap, linear checks), so a
+    huge or deeply nested value is a clear error in milliseconds instead of minutes of CPU, gigabytes of
+    memory or a ``RecursionError``. Returns the text (bytes are decoded as UTF-8)."""
+    if isinstance(text, (bytes, bytearray)):
+        if len(text) > max_bytes:
+            raise error(f"{what} is {len(text)} bytes; the limit is {max_bytes} ({max_bytes // 2 ** 20} MiB).")
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise error(f"{what} is not UTF-8 text (byte {e.start}).") from None
+    if not isinstance(text, str):
+        raise error(f"{what} must be JSON text, got {type(text).__name__}.")
+    if len(text) > max_bytes:      # characters <= bytes: a cheap lower bound, then the exact size
+        raise error(f"{what} has {len(text)} characters; the limit is {max_bytes} bytes "
+                    f"({max_bytes // 2 ** 20} MiB).")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise error(f"{what} is {size} bytes; the limit is {max_bytes} ({max_bytes // 2 ** 20} MiB).")
+    depth = _json_depth(text)
+    if depth > max_depth:
+        raise error(f"{what} nests {depth} levels deep; the limit is {max_depth}.")
+    return text
+
+
+def parse_json(text: Any, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH,
+               error: type = InputError) -> Any:
+    """``json.loads`` for untrusted text, after :func:`check_json_text`."""
+    import json
+
+    text = check_json_text(text, what, max_bytes=max_bytes, max_depth=max_depth, error=error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} is invalid at line {e.lineno}, column {e.colno}: {e.msg}.") from None
+
+
+def read_text_file(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES, error: type = InputError) -> str:
+    """A UTF-8 text file of at most ``max_bytes``: the size is checked before anything is read."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise error(f"Cannot read {what} {p}: {e.strerror or e}.") from None
+    if len(data) > max_bytes:
+        raise error(f"{what} {p} is larger than {max_bytes} bytes ({max_bytes // 2 ** 20} MiB); is it the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {p} is not UTF-8 text (byte {e.start}).") from None
 
 
 def check_max_new_tokens(n: Any) -> int:
@@ -331,6 +441,17 @@ def check_output_file(path: PathLike, *, formats: Optional[Sequence[str]] = None
                                   "input. Choose another output name.")
     _writable_folder(p.parent, what)
     return p
+
+
+def check_outside_input_folder(path: PathLike, folder: Any, what: str, folder_what: str) -> None:
+    """An output may not lie inside a folder the command reads (e.g. ``--out`` in the ``--reuse`` dump):
+    writing there would replace the files being read."""
+    if folder is None or not str(folder).strip():
+        return
+    p, f = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    if p == f or f in p.parents:
+        raise OutputPathError(f"{what} {path} lies inside {folder_what} {folder}, which this command reads; "
+                              "writing there would replace its files. Choose a path outside it.")
 
 
 def check_output_folder(path: PathLike, *, files: Sequence[str] = (), inputs: Iterable[Any] = (),

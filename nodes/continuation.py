@@ -9,10 +9,13 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..audiostory_core.models.config import find_audiostory_dir
-from ..audiostory_core.tasks.continuation import (DEFAULT_WHISPER, LONG_INPUT, MODES, ResamplerSpec, WhisperFeatures,
+from ..audiostory_core.tasks.continuation import (LONG_INPUT, MODES, ResamplerSpec, WhisperFeatures,
                                             resampler_status)
 from ..audiostory_core.errors import InputError, ModelFilesError
+from ..audiostory_core.models.folders import WHISPER
+from ..audiostory_core.validation import check_texts
 from . import comfy_models as cm
+from . import model_choices
 from .common import AudioContext, Planner, model_folders
 from .layout import audio_dict, audio_from_dict
 from .model_roots import resolve_model_root
@@ -41,8 +44,7 @@ class AudioStoryAudioContext(io.ComfyNode):
                 io.Float.Input("total_duration", default=12.0, min=1.0, max=600.0, step=0.5,
                                tooltip="Optional, like instruction: the Planner's total_duration is what counts."),
                 io.Combo.Input("understanding", options=list(MODES), default="auto"),
-                io.String.Input("whisper", default=DEFAULT_WHISPER,
-                                tooltip="Whisper folder under models/audiostory/ or a Hugging Face id."),
+                model_choices.combo("whisper", WHISPER, "The Whisper encoder (openai/whisper-large-v3)."),
                 io.String.Input("audio_description", default="", multiline=True,
                                 tooltip="Words describing the input (the fallback, or extra help)."),
                 io.Combo.Input("long_input", options=list(LONG_INPUT), default="error",
@@ -60,6 +62,7 @@ class AudioStoryAudioContext(io.ComfyNode):
     @classmethod
     def execute(cls, planner, audio, instruction, total_duration, understanding, whisper, audio_description,
                 long_input, placeholder, audio_encoder=None) -> io.NodeOutput:
+        check_texts(instruction=instruction, audio_description=audio_description, placeholder=placeholder)
         wave, sr = audio_from_dict(audio, "audio")
         pl = planner.planner
         tensors = checkpoint_tensors(find_audiostory_dir(resolve_model_root(model_folders(), planner.root_name))
@@ -84,10 +87,10 @@ def whisper_encoder(understanding: str, status: str, whisper: str, audio_descrip
         return None
     if audio_encoder is not None:
         return cm.CoreWhisperEncoder(audio_encoder)
-    dirs = model_folders()
     try:
-        w, patcher = cm.cached_aux_model("Whisper", (whisper, tuple(dirs)),
-                                         lambda dev: WhisperFeatures.from_pretrained(whisper, dirs, device=dev),
+        folder = model_choices.resolve(WHISPER, whisper)
+        w, patcher = cm.cached_aux_model("Whisper", (str(folder),),
+                                         lambda dev: WhisperFeatures.from_pretrained(folder, device=dev),
                                          lambda wf: wf.encoder)
     except ModelFilesError:
         if understanding == "whisper" or not audio_description.strip():

@@ -9,6 +9,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..audiostory_core.errors import InputError
+from ..audiostory_core.validation import check_texts
 from ..audiostory_core.stages.audio import crossfade_concat, resample, write_audio
 from ..audiostory_core.stages.event_tokens import clip_seconds
 from .common import CATEGORY, Events, make_hooks, reference_numerics
@@ -105,9 +106,22 @@ class AudioStorySaveAudio(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, filename_prefix=None):
+        """The prefix's own rules (length, no NUL byte, inside the output folder), before anything renders."""
+        if filename_prefix is None:
+            return True
+        try:
+            check_texts(filename_prefix=filename_prefix)
+            safe_prefix(filename_prefix)
+        except InputError as e:
+            return str(e)
+        return True
+
+    @classmethod
     def execute(cls, audio, filename_prefix, format) -> io.NodeOutput:
         """Writes the files and returns the same UI payload as core SaveAudio (``{"audio": [...]}``), which the
         pack's web extension (web/audiostory.js) plays in an audio widget on the node."""
+        check_texts(filename_prefix=filename_prefix)
         from comfy.cli_args import args
 
         meta = {} if args.disable_metadata else workflow_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo)

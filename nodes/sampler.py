@@ -11,6 +11,7 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..audiostory_core.errors import InputError
+from ..audiostory_core.validation import check_texts
 from ..audiostory_core.stages.sampling import make_noise, reference_sigmas, sample_latents
 from . import comfy_models as cm
 from .common import CATEGORY, Events, make_hooks, reference_numerics
@@ -98,6 +99,7 @@ class AudioStorySampler(io.ComfyNode):
     @reference_numerics
     def execute(cls, model, events, seed, steps, cfg, sampler_name, scheduler, noise, sampler=None,
                 sigmas=None, previous=None, render_events="") -> io.NodeOutput:
+        check_texts(render_events=render_events)
         dit = checked_dit(model, events)
         x = make_noise(noise, events.count, events.audio_seq_len, int(seed))
         rows = render_rows(previous, render_events, events)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..audiostory_core.atomic import atomic_write
+from ..audiostory_core.atomic import atomic_file
 from ..audiostory_core.errors import InputError
 
 
@@ -32,9 +32,9 @@ def write_flac_with_metadata(path: Path, wave: torch.Tensor, sample_rate: int, m
     path = Path(path)
     wave = wave.detach().float().cpu().clamp(-1.0, 1.0)
     layout = "mono" if wave.shape[0] == 1 else "stereo"
-    # hidden temp name with the real suffix: PyAV picks the muxer by it, the output list skips it
-    with atomic_write(path, tmp_name=f".{path.stem}.part{path.suffix}") as tmp:
-        with av.open(str(tmp), mode="w", format="flac") as out:
+    # a hidden temp file (the output list skips it), written through its file object
+    with atomic_file(path) as f:
+        with av.open(f, mode="w", format="flac") as out:
             for k, v in metadata.items():
                 out.metadata[k] = v
             stream = out.add_stream("flac", rate=int(sample_rate), layout=layout)

@@ -8,12 +8,13 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io, ui
 
-from ..audiostory_core.errors import InputError, ModelFilesError
+from ..audiostory_core.errors import InputError
+from ..audiostory_core.models.folders import CLAP
 from ..audiostory_core.tasks.reroll import format_events
-from ..audiostory_core.tasks.score import (DEFAULT_CLAP, SELECT_MODES, ClapScorer, locate_clap, score_story,
-                                           scores_table, select_events)
+from ..audiostory_core.tasks.score import SELECT_MODES, ClapScorer, score_story, scores_table, select_events
 from . import comfy_models as cm
-from .common import CATEGORY, Events, model_folders, reference_numerics
+from . import model_choices
+from .common import CATEGORY, Events, reference_numerics
 from .layout import audio_from_dict
 from .values import EventsBundle
 
@@ -26,17 +27,6 @@ class ClapContainer(torch.nn.Module):
     def __init__(self, clap):
         super().__init__()
         self.clap = clap
-
-
-def clap_folder(name: str) -> Path:
-    """``name`` under any ``models/audiostory`` folder (or an absolute folder)."""
-    errors = []
-    for base in model_folders() or [None]:
-        try:
-            return locate_clap(base, name)
-        except ModelFilesError as e:
-            errors.append(str(e))
-    raise ModelFilesError(errors[0] if errors else f"No CLAP model named {name!r}.")
 
 
 def clap_scorer(folder: Path) -> tuple[ClapScorer, object]:
@@ -65,9 +55,8 @@ class AudioStoryScore(io.ComfyNode):
             inputs=[
                 io.Audio.Input("audio", tooltip="The story from AudioStoryDecode."),
                 Events.Input("events", tooltip="The events the story was rendered from (captions, durations, crossfade)."),
-                io.String.Input("clap", default=DEFAULT_CLAP,
-                                tooltip="CLAP folder in models/audiostory (laion/clap-htsat-unfused; or "
-                                        "larger_clap_general)."),
+                model_choices.combo("clap", CLAP, "The CLAP model (laion/clap-htsat-unfused or "
+                                                  "larger_clap_general)."),
                 io.Combo.Input("select", options=list(SELECT_MODES), default="weakest",
                                tooltip="weakest: the lowest-scoring event(s); below_threshold: every event under "
                                        "the threshold (may be none)."),
@@ -87,7 +76,7 @@ class AudioStoryScore(io.ComfyNode):
         if not isinstance(events, EventsBundle) or events.plan is None:
             raise InputError("events must come from AudioStoryEventTokens (they carry the captions).")
         wave, sr = audio_from_dict(audio, "audio")
-        scorer, patcher = clap_scorer(clap_folder(str(clap)))
+        scorer, patcher = clap_scorer(model_choices.resolve(CLAP, clap))
         cm.load([patcher])
         scorer.device = patcher.load_device
         mm.throw_exception_if_processing_interrupted()

@@ -8,6 +8,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..audiostory_core.errors import InputError
+from ..audiostory_core.validation import check_texts
 from ..audiostory_core.stages.event_tokens import event_tokens
 from ..audiostory_core.stages.plan import PlanResult
 from ..audiostory_core.tasks.memory import StoryMemory, fuse_with_memory, with_history
@@ -131,6 +132,7 @@ class AudioStoryConsistencyMemory(io.ComfyNode):
 
     @classmethod
     def execute(cls, mode, path, window, strength, memory=None) -> io.NodeOutput:
+        check_texts(path=path)
         f = memory_file(folder_paths.get_output_directory(), path) if mode in ("load", "save") else None
         out = memory_for(mode, memory, f, int(window), float(strength))
         return io.NodeOutput(out, ui=ui.PreviewText(out.recap()))

@@ -13,13 +13,16 @@ import comfy.model_management as mm
 import folder_paths
 from comfy_api.latest import InputImpl, io, ui
 
-from ..audiostory_core.media.captioning import DEFAULT_VLM, VisionCaptioner
+from ..audiostory_core.media.captioning import VisionCaptioner
+from ..audiostory_core.models.folders import VLM
 from ..audiostory_core.tasks.dubbing import EVENT_CAPTIONS
 from ..audiostory_core.errors import InputError
+from ..audiostory_core.validation import check_texts
 from ..audiostory_core.media.video import SceneList
 from . import comfy_models as cm
+from . import model_choices
 from .common import CATEGORY as BASE_CATEGORY
-from .common import Plan, Planner, Scenes, make_hooks, model_folders
+from .common import Plan, Planner, Scenes, make_hooks
 from .widgets import setting_input
 from .layout import audio_from_dict
 from .scenes import EXISTING_AUDIO, MUX_POLICIES
@@ -87,8 +90,7 @@ class AudioStoryVideoCaptioner(io.ComfyNode):
                         "SOUNDS each scene implies. Typed captions (one per line or a JSON list) replace it.",
             inputs=[
                 Scenes.Input("scenes"),
-                io.String.Input("vlm", default=DEFAULT_VLM,
-                                tooltip="Folder under models/audiostory/ or a Hugging Face id."),
+                model_choices.combo("vlm", VLM, "The vision-language model (Qwen/Qwen2.5-VL-3B-Instruct)."),
                 io.String.Input("brief", default="", multiline=False, tooltip="One line about the video (optional)."),
                 io.String.Input("captions", default="", multiline=True,
                                 tooltip="Optional: your own captions, one per scene; the VLM is then not used."),
@@ -100,6 +102,7 @@ class AudioStoryVideoCaptioner(io.ComfyNode):
 
     @classmethod
     def execute(cls, scenes, vlm, brief, captions, max_new_tokens) -> io.NodeOutput:
+        check_texts(brief=brief, captions=captions)
         sc = _own_copy(_scenes(scenes))
         if not apply_typed_captions(sc, captions):
             cap = load_captioner(vlm, int(max_new_tokens))
@@ -118,9 +121,9 @@ def _own_copy(scenes: SceneList) -> SceneList:
 def load_captioner(vlm: str, max_new_tokens: int) -> VisionCaptioner:
     """The VLM, built once and kept between runs under a ModelPatcher, loaded by the memory manager with
     room for the keyframe tokens and the caption."""
-    dirs = model_folders()
-    cap, patcher = cm.cached_aux_model("VLM", (vlm, tuple(dirs)),
-                                       lambda dev: VisionCaptioner.from_pretrained(vlm, dirs, device=dev),
+    folder = model_choices.resolve(VLM, vlm)
+    cap, patcher = cm.cached_aux_model("VLM", (str(folder),),
+                                       lambda dev: VisionCaptioner.from_pretrained(folder, device=dev),
                                        lambda c: c.model)
     cap.max_new_tokens = max_new_tokens
     cm.load([patcher], cm.aux_working_memory(cap.model, 2048 + max_new_tokens))
@@ -154,6 +157,7 @@ class AudioStoryDubbingPlan(io.ComfyNode):
 
     @classmethod
     def execute(cls, planner, scenes, brief, captions, event_captions, max_new_tokens) -> io.NodeOutput:
+        check_texts(brief=brief, captions=captions)
         sc = _own_copy(_scenes(scenes))
         pl = planner.planner
         cm.load([planner.llm_patcher, planner.heads_patcher], cm.llm_working_memory(pl.llm, 2048 + int(max_new_tokens)))

@@ -15,7 +15,7 @@ import torch
 
 from audiostory_core.stages.audio import read_audio
 from audiostory_core.settings import RenderSettings
-from audiostory_core.tasks.batch import BatchRunner, merge_manifest, parse_stories, read_entries, shard
+from audiostory_core.tasks.batch import BatchRunner, merge_manifest, parse_stories, read_entries, read_stories, shard
 
 REPO = Path(__file__).resolve().parents[1]
 STORM = "A thunderstorm rolls over a quiet farm at night."   # the shared fixture's trained instructions
@@ -68,17 +68,17 @@ def test_every_line_is_checked_up_front_with_its_line_number(tmp_path):
         json.dumps({"id": "h", "instruction": "x", "duration": 3, "steps": 0}),
     ]
     parsed = parse_stories(lines, RenderSettings(steps=7), tmp_path)
-    assert [j.id for j in parsed.jobs] == ["f"]
-    f = parsed.jobs[0]
+    assert [j.id for j in parsed.jobs] == ["a", "f"]       # line 1 keeps its id; line 10 ("A") fails alone
+    f = parsed.jobs[1]
     assert f.plan == plan and f.line == 9 and f.settings.steps == 7
     errors = {e.line: e.error for e in parsed.errors}
-    assert sorted(errors) == [1, 4, 5, 6, 7, 8, 10, 11, 12]
+    assert sorted(errors) == [4, 5, 6, 7, 8, 10, 11, 12]
     assert "not valid JSON" in errors[4]
     assert "'id' must be" in errors[5]
     assert "unknown key(s) ['durration']" in errors[6]
     assert "'duration'" in errors[7] and "missing" in errors[7]
     assert "'sampler'" in errors[8] and "must be one of" in errors[8]
-    assert "duplicate id (lines 1, 10)" in errors[1] and "duplicate id (lines 1, 10)" in errors[10]
+    assert "duplicate id 'A': line 1 already uses it" in errors[10]
     assert "events" in errors[11]
     assert "'steps'" in errors[12]
 
@@ -276,3 +276,34 @@ def test_torchrun_environment_is_read_and_checked():
         rank_info({"RANK": "4", "WORLD_SIZE": "4"})
     if not torch.cuda.is_available():
         assert rank_device("auto", info).type == "cpu"     # no CUDA: every rank on the CPU
+
+
+def test_a_non_utf8_line_and_a_duplicate_id_fail_alone(tmp_path):
+    """Read from a file as a user writes it: line 2 holds a Latin-1 byte, line 4 reuses line 1's id.
+    Every other story is a job; the two bad lines are errors naming their problem."""
+    stories = tmp_path / "stories.jsonl"
+    stories.write_bytes(b"\n".join([
+        json.dumps({"id": "rain", "instruction": "Rain on a roof.", "duration": 5}).encode(),
+        b'{"id": "caf\xe9", "instruction": "A caf\xe9 at noon.", "duration": 5}',
+        json.dumps({"id": "sea", "instruction": "Waves on a beach.", "duration": 5}).encode(),
+        json.dumps({"id": "rain", "instruction": "Another rain.", "duration": 5}).encode(),
+        json.dumps({"id": "wind", "instruction": "Wind in pines.", "duration": 5}).encode(),
+    ]) + b"\n")
+    parsed = read_stories(stories)
+    assert [(j.id, j.line, j.instruction) for j in parsed.jobs] == [
+        ("rain", 1, "Rain on a roof."), ("sea", 3, "Waves on a beach."), ("wind", 5, "Wind in pines.")]
+    errors = {e.line: e.error for e in parsed.errors}
+    assert sorted(errors) == [2, 4]
+    assert "not UTF-8" in errors[2]
+    assert "duplicate id 'rain': line 1 already uses it" in errors[4]
+
+
+def test_a_huge_or_deeply_nested_line_fails_alone_without_being_parsed():
+    lines = ["[" * 100000 + "]" * 100000,
+             json.dumps({"id": "big", "instruction": "x" * (5 * 2 ** 20), "duration": 5}),
+             json.dumps({"id": "ok", "instruction": "Rain on a roof.", "duration": 5})]
+    parsed = parse_stories(lines)
+    assert [j.id for j in parsed.jobs] == ["ok"]
+    errors = {e.line: e.error for e in parsed.errors}
+    assert "nests 100000 levels deep; the limit is 32" in errors[1]
+    assert "the limit is 4194304 bytes" in errors[2]

@@ -44,10 +44,10 @@ def test_copies_missing_files_and_keeps_the_users(helper, tmp_path):
 
 def test_a_failed_copy_leaves_no_file(helper, tmp_path, monkeypatch):
     def broken_copy(src, dst):
-        Path(dst).write_bytes(b"half")
+        dst.write(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(helper.shutil, "copyfile", broken_copy)
+    monkeypatch.setattr(helper.shutil, "copyfileobj", broken_copy)
     with pytest.raises(OSError, match="disk full"):
         helper.install_examples(tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -192,7 +192,27 @@ BAD_PLANS = [
     ('{"events": [{"caption": "rain", "duration": Infinity}]}', "events[0].duration must be > 0 and finite"),
     (_plan([{"caption": "rain", "duration": 3.0}], transcript_ids=[5, -1]), "transcript_ids"),
     ('{"events": [', "Plan JSON is invalid"),
+    (_plan([{"caption": "rain", "duration": 3.0}], reasoning="r" * 300_000),
+     "'reasoning' has 300000 characters; the limit is 200000"),
+    (_plan([{"caption": "rain", "duration": 3.0}], problems=["p" * 5000]), "problems[0] has 5000 characters"),
+    (_plan([{"caption": "rain", "duration": 3.0, "text": "t" * 5000}]), "events[0].text has 5000 characters"),
 ]
+
+# an attacker's plans: refused from their size or depth before json.loads sees them (which would take
+# minutes and gigabytes for the first, and raise RecursionError for the second)
+HUGE_PLANS = [
+    (lambda: _plan([{"caption": "rain", "duration": 3.0}], reasoning="r" * 100_000_000),
+     "is larger than 4194304 bytes"),
+    (lambda: '{"events": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests 100001 levels deep; the limit is 32"),
+]
+
+
+@pytest.mark.parametrize("make,words", HUGE_PLANS, ids=["100MB-reasoning", "100000-deep"])
+def test_huge_or_deep_plans_are_refused_before_parsing(make, words, work, no_loading, capsys):
+    (work / "p.json").write_text(make())
+    before = files_in(work)
+    rc, err = run(["generate", "--models", work / "m", "--plan", work / "p.json", "--out", work / "story.wav"], capsys)
+    assert_refused(rc, err, words, work, before)
 
 
 @pytest.mark.parametrize("text,words", BAD_PLANS, ids=[w[:25] for _, w in BAD_PLANS])

@@ -154,6 +154,33 @@ def test_cli_reroll_refuses_a_stale_edit_and_a_missing_dump(tiny_root, tmp_path,
     assert "not a complete --dump folder" in capsys.readouterr().err and not out.exists()
 
 
+def test_cli_reuse_refuses_another_story_and_an_output_inside_the_dump(tiny_root, tmp_path, capsys):
+    """--reuse renders the dump's story: a different --instruction/--duration would be ignored silently, and
+    --out/--dump inside the dump folder would replace what is being read; all refused before any work."""
+    dump = tmp_path / "dump"
+    assert main(["generate", "--models", str(tiny_root), "--instruction", TRAIN, "--duration", "10",
+                 "--out", str(tmp_path / "a.wav"), "--steps", "2", "--dump", str(dump), "--quiet"]) == 0
+    capsys.readouterr()
+    kept = {p.name: p.read_bytes() for p in dump.iterdir()}
+    reuse = ["generate", "--models", str(tiny_root), "--reuse", str(dump), "--reroll", "2", "--steps", "2", "--quiet"]
+    out = tmp_path / "b.wav"
+    cases = [(["--instruction", "A dog barks in the rain.", "--out", str(out)], "--instruction differs"),
+             (["--duration", "20", "--out", str(out)], "--duration 20 differs from the --reuse dump's 10 s story"),
+             (["--out", str(dump / "a.wav")], "lies inside the --reuse folder"),
+             (["--out", str(out), "--dump", str(dump)], "lies inside the --reuse folder")]
+    for extra, words in cases:
+        assert main(reuse + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert words in err, err
+        assert not out.exists() and {p.name: p.read_bytes() for p in dump.iterdir()} == kept
+    # the same instruction and duration as the dump (an edited earlier command line) are fine
+    from argparse import Namespace
+
+    from audiostory_core.cli.main import check_reuse_story
+
+    check_reuse_story(Namespace(reuse=str(dump), instruction=TRAIN, duration=10.0))
+
+
 # ---------------------------------------------------------------- sampler node logic (no ComfyUI)
 def _node_reroll_logic():
     """``nodes/event_rows.py`` imported as ComfyUI imports the pack (a sub-package), without ComfyUI."""

@@ -171,6 +171,10 @@ def test_users_can_type_or_edit_captions():
     with pytest.raises(InputError, match="2 captions for 3 scenes"):
         parse_captions("a\nb", 3)
     assert clean_caption('Sounds: "a kettle whistles"\nmore') == "a kettle whistles"
+    with pytest.raises(InputError, match="nests 40 levels deep; the limit is 32"):
+        parse_captions("[" * 40 + "]" * 40, 1)
+    with pytest.raises(InputError, match="The captions text has 30000 characters; the limit is 20000"):
+        parse_captions("a" * 30000, 1)
 
 
 # ---------------------------------------------------------------- plan

@@ -68,7 +68,7 @@ def _tokens(plan, memory=None):
 def _sampler(events, sampler="reference_euler"):
     return {"class_type": "AudioStorySampler", "inputs": {"model": ["1", 1], "events": events, "seed": 0, "steps": 50,
                                                           "cfg": 4.0, "sampler_name": sampler, "scheduler": "simple",
-                                                          "noise": "reference"}}
+                                                          "noise": "seeded"}}
 
 
 def _decode(samples, events):

@@ -135,15 +135,9 @@ def clip_window(args) -> float:
     return max_clip_seconds_for(model_paths(args))
 
 
-def read_plan(path: str):
-    """A plan JSON file, checked against every plan limit (loads no model)."""
-    from ..errors import InputError
+def read_plan(path: str, what: str = "--plan"):
+    """A plan JSON file, checked against every plan limit (its size before it is read; loads no model)."""
     from ..stages.plan import StoryPlan
-    from ..validation import check_input_file
+    from ..validation import check_input_file, read_text_file
 
-    p = check_input_file(path, "--plan")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"Cannot read plan {path}: {e}") from e
-    return StoryPlan.from_json(text)
+    return StoryPlan.from_json(read_text_file(check_input_file(path, what), what))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import tempfile
@@ -56,6 +55,7 @@ def _write_dump(folder: Path, result, out_name: str, settings: Optional[dict] = 
     """Write the dump into a temporary folder first, then move the files in (no half-written dump)."""
     from safetensors.torch import save_file
 
+    from ..atomic import commit
     from ..stages.audio import write_audio
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def _write_dump(folder: Path, result, out_name: str, settings: Optional[dict] = 
                   metadata=settings)  # generation settings, read back by --reuse
         write_audio(t / out_name, result.audio, result.sample_rate)
         for f in ("plan.json", "tokens.safetensors", "latents.safetensors", out_name):
-            os.replace(t / f, folder / f)
+            commit(t / f, folder / f)      # fsync, rename, fsync the folder
 
 
 DUMP_FILES = ("plan.json", "tokens.safetensors", "latents.safetensors")
@@ -86,14 +86,18 @@ def check_generate_args(args):
     from its small config, so a plan that cannot be rendered fails before anything loads.
     """
     from ..errors import InputError
-    from ..validation import AUDIO_FORMATS, check_output_file, check_output_folder, clip_problems
+    from ..validation import (AUDIO_FORMATS, check_output_file, check_output_folder, check_outside_input_folder,
+                              clip_problems)
 
     check_args(args)
     inputs = [args.plan]
     out = check_output_file(args.out, formats=AUDIO_FORMATS, inputs=inputs, what="--out")
+    check_outside_input_folder(out, args.reuse, "--out", "the --reuse folder")
     if args.dump:
         check_output_folder(args.dump, files=DUMP_FILES + (_dump_audio_name(out),), inputs=inputs, what="--dump")
+        check_outside_input_folder(args.dump, args.reuse, "--dump", "the --reuse folder")
     if args.reuse or args.reroll is not None:
+        check_reuse_story(args)
         return None
     plan = None
     if args.plan:
@@ -103,6 +107,30 @@ def check_generate_args(args):
     if plan is not None:
         clip_problems(plan.durations, args.crossfade, clip_window(args))   # errors now; warnings come with the result
     return plan
+
+
+def check_reuse_story(args) -> None:
+    """``--reuse`` renders the dump's story: an ``--instruction``/``--duration`` that differs from it would be
+    silently ignored, so it is refused (the same values, e.g. an edited earlier command line, are fine)."""
+    from ..errors import InputError
+    from ..stages.plan import StoryPlan
+    from ..validation import read_text_file
+
+    if not args.reuse or (args.instruction is None and args.duration is None):
+        return
+    dumped = Path(args.reuse) / "plan.json"
+    if not dumped.is_file():
+        return          # read_dump names the missing files
+    plan = StoryPlan.from_json(read_text_file(dumped, "the --reuse plan"))
+    total = plan.total_duration if plan.total_duration is not None else sum(plan.durations)
+    # the plan keeps the built instruction (lead phrase + text + "The total duration is ..."): the text is in it
+    if args.instruction is not None and args.instruction.strip() not in plan.instruction:
+        raise InputError("--instruction differs from the story in the --reuse dump, which --reuse renders as it "
+                         "is. Drop --instruction (edit events with --plan PLAN.json), or render a new story "
+                         "without --reuse.")
+    if args.duration is not None and abs(float(args.duration) - float(total)) > 1e-6:
+        raise InputError(f"--duration {args.duration:g} differs from the --reuse dump's {total:g} s story, which "
+                         "--reuse renders as it is. Drop --duration, or render a new story without --reuse.")
 
 
 def cmd_generate(args) -> int:

@@ -10,6 +10,7 @@ import gc
 import sys
 from pathlib import Path
 
+from ..models.folders import VLM, WHISPER
 from .common import (add_decode_args, add_render_args, check_args, clip_window, lead, pipeline, read_plan, settings,
                      tqdm_hooks)
 
@@ -26,7 +27,7 @@ def add_parsers(sub, add_model_args) -> None:
     d.add_argument("--captions-only", action="store_true", help="stop after writing --scenes-out")
     d.add_argument("--plan", help="render this plan JSON (e.g. an edited --plan-out) instead of planning")
     d.add_argument("--plan-out", help="write the forced plan here (an ordinary AudioStory plan JSON)")
-    d.add_argument("--vlm", default="Qwen2.5-VL-3B-Instruct", help="VLM folder or Hugging Face id")
+    d.add_argument("--vlm", default=VLM.default, help="VLM folder or Hugging Face id")
     d.add_argument("--keyframes", type=int, default=1, help="keyframes per scene given to the VLM")
     d.add_argument("--threshold", type=float, default=0.12, help="cut threshold (mean grey change, 0-1)")
     d.add_argument("--analysis-fps", type=float, default=4.0)
@@ -47,7 +48,7 @@ def add_parsers(sub, add_model_args) -> None:
     c.add_argument("--out", required=True, help="output .wav or .flac")
     c.add_argument("--output", choices=["joined", "continuation"], default="joined")
     c.add_argument("--understanding", choices=["auto", "whisper", "text"], default="auto")
-    c.add_argument("--whisper", default="whisper-large-v3", help="Whisper folder or Hugging Face id")
+    c.add_argument("--whisper", default=WHISPER.default, help="Whisper folder or Hugging Face id")
     c.add_argument("--audio-description", default="", help="words describing the input (text fallback)")
     c.add_argument("--long-input", choices=["error", "last"], default="error",
                    help="input longer than 30 s: refuse, or understand its last 30 s")
@@ -66,26 +67,18 @@ def _search_dirs(args) -> list[Path]:
 def _scenes(args, max_scene: float):
     from ..media.captioning import apply_captions, parse_captions
     from ..media.video import check_frame_rate, detect_scenes, probe_video, scenes_from_dict
-    import json
-
-    from ..errors import InputError
+    from ..validation import MAX_INSTRUCTION_CHARS, parse_json, read_text_file
 
     if args.scenes:
         info = probe_video(args.video)
         check_frame_rate(info, args.allow_vfr)
-        try:
-            data = json.loads(Path(args.scenes).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"Cannot read scenes {args.scenes}: {e}") from e
+        data = parse_json(read_text_file(args.scenes, "--scenes"), f"--scenes {args.scenes}")
         return scenes_from_dict(data, info, max_scene), True
     sc = detect_scenes(args.video, max_scene_seconds=max_scene, threshold=args.threshold,
                        analysis_fps=args.analysis_fps, min_scene_seconds=args.min_scene,
                        keyframes=args.keyframes, allow_vfr=args.allow_vfr)
     if args.captions:
-        try:
-            text = Path(args.captions).read_text()
-        except OSError as e:
-            raise InputError(f"Cannot read captions {args.captions}: {e}") from e
+        text = read_text_file(args.captions, "--captions", MAX_INSTRUCTION_CHARS)
         apply_captions(sc, parse_captions(text, len(sc.scenes)))
         return sc, True
     return sc, False
@@ -118,7 +111,8 @@ def check_continue_args(args) -> None:
 
 
 def cmd_dub(args) -> int:
-    from ..tasks.dubbing import dub_video, dubbing_plan, max_scene_seconds, write_text_atomic
+    from ..atomic import write_text_atomic
+    from ..tasks.dubbing import dub_video, dubbing_plan, max_scene_seconds
     from ..pipeline import resolve_device
 
     given_plan = check_dub_args(args)
@@ -162,7 +156,7 @@ def cmd_continue(args) -> int:
     from ..stages.audio import write_audio
     from ..tasks.continuation import (PlaceholderLayout, WhisperFeatures, build_audio_context, check_input_audio,
                                continue_audio, load_audio_file)
-    from ..tasks.dubbing import write_text_atomic
+    from ..atomic import write_text_atomic
     from ..errors import InputError
     from ..models.loading import Checkpoint
 

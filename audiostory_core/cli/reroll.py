@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from ..errors import AudioStoryError, InputError
+from ..errors import InputError
 
 
 def add_reroll_args(g: argparse.ArgumentParser) -> None:
@@ -30,19 +30,15 @@ def add_reroll_args(g: argparse.ArgumentParser) -> None:
 def cmd_reroll(args, pipeline: Callable, write_dump: Callable) -> int:
     """Re-render ``--reroll`` events of the ``--reuse`` dump and write the restitched story."""
     from ..stages.audio import write_audio
-    from ..stages.plan import StoryPlan
     from ..tasks.reroll import dump_settings, edited_events, format_events, parse_events, read_dump, reroll
-    from .common import settings, tqdm_hooks
+    from .common import read_plan, settings, tqdm_hooks
 
     if not args.reuse or args.reroll is None:
         raise InputError("A re-roll needs both --reuse DUMP_DIR (a --dump folder) and --reroll EVENTS (e.g. 2,4).")
     dump = read_dump(args.reuse)
     plan = dump.plan
     if args.plan:
-        try:
-            plan = StoryPlan.from_json(Path(args.plan).read_text())
-        except OSError as e:
-            raise AudioStoryError(f"Cannot read plan {args.plan}: {e}") from e
+        plan = read_plan(args.plan)
     render = parse_events(args.reroll, len(plan.events))
     if not render:
         raise InputError("--reroll names no event; give the events to re-render, e.g. --reroll 2,4.")
@@ -83,9 +79,8 @@ def score_generated(args, res, out: Path, crossfade: float) -> None:
 
     plan_path = Path(args.dump) / "plan.json" if args.dump else out.with_suffix(".plan.json")
     if not args.dump:
-        from ..atomic import atomic_write
+        from ..atomic import write_text_atomic
 
-        with atomic_write(plan_path) as tmp:
-            tmp.write_text(res.plan.to_json())
+        write_text_atomic(plan_path, res.plan.to_json())
     run_score(args.models, args.clap, res.plan, res.audio, res.sample_rate, crossfade, args.device,
               args.threshold, plan_path)

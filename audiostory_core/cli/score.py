@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..errors import InputError
+from ..models.folders import CLAP
 
 
 def add_score_args(p: argparse.ArgumentParser, standalone: bool = True) -> None:
     """CLAP options; ``generate --score`` shares all but the plan/audio inputs."""
-    p.add_argument("--clap", default="clap-htsat-unfused",
+    p.add_argument("--clap", default=CLAP.default,
                    help="CLAP folder name under --models (clap-htsat-unfused, larger_clap_general) or a path")
     p.add_argument("--threshold", type=float, default=0.25,
                    help="events under this score are marked and suggested for --reroll")
@@ -55,16 +55,14 @@ def cmd_score(args) -> int:
 
     from ..stages.audio import read_audio
     from ..stages.plan import StoryPlan
+    from ..validation import check_input_file, read_text_file
 
-    path = Path(args.plan)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"Cannot read plan {path}: {e}") from e
+    path = check_input_file(args.plan, "--plan")
+    text = read_text_file(path, "--plan")
     plan = StoryPlan.from_json(text)
     crossfade = args.crossfade
     if crossfade is None:
-        crossfade = float((json.loads(text).get("scores") or {}).get("crossfade", 3.0))
+        crossfade = float((json.loads(text).get("scores") or {}).get("crossfade", 3.0))   # bounded just above
     audio, sr = read_audio(args.audio)
     run_score(args.models, args.clap, plan, audio, sr, crossfade, args.device, args.threshold,
               None if args.no_write else path)

@@ -7,7 +7,6 @@ are plain strings in the scene list, so users can type or edit them (``--caption
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +15,14 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..validation import MAX_INSTRUCTION_CHARS, check_text, parse_json
 from ..errors import InputError, ModelFilesError
+from ..models.folders import VLM
 from ..progress import Hooks, as_hooks
 from ..shapes import check_loading_info
 from .video import SceneList
 
-DEFAULT_VLM = "Qwen2.5-VL-3B-Instruct"
+DEFAULT_VLM = VLM.default
 SOUND_PROMPT = (
     "These frames come from one shot of a video. Describe the SOUNDS this scene would make, for a sound "
     "designer: the sound sources, actions, ambience and music mood, in one sentence of at most 25 words. "
@@ -153,15 +154,12 @@ class VisionCaptioner:
 # ---------------------------------------------------------------- user-edited captions
 def parse_captions(text: str, n_scenes: int) -> list[str]:
     """Captions typed by a user: a JSON list of strings, ``{"scenes": [{"caption": ...}]}``, or one per line."""
-    text = text.strip()
+    text = check_text(text, "The captions text", MAX_INSTRUCTION_CHARS).strip()
     if not text:
         raise InputError("The captions are empty.")
     caps: list[str]
     if text[:1] in "[{":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"Captions JSON is invalid at line {e.lineno}, column {e.colno}: {e.msg}.") from e
+        data = parse_json(text, "Captions JSON")
         if isinstance(data, dict):
             data = data.get("scenes", data.get("captions"))
         if not isinstance(data, list):

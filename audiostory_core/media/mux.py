@@ -7,7 +7,6 @@ temporary file next to ``out_path`` and renamed at the end, so a failure never l
 """
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Union
@@ -15,6 +14,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..atomic import atomic_file
 from ..errors import InputError
 
 PathLike = Union[str, Path]
@@ -119,10 +119,8 @@ def mux_audio_onto_video(video_path: PathLike, audio: torch.Tensor, sample_rate:
             if peak > 1.0:
                 data = data / peak
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.part{out_path.suffix}")
     try:
-        with av.open(str(video_path)) as src, av.open(str(tmp), "w", format=fmt) as dst:
+        with atomic_file(out_path) as f, av.open(str(video_path)) as src, av.open(f, "w", format=fmt) as dst:
             vs = src.streams.video[0]
             ov = dst.add_stream_from_template(vs)
             oa = dst.add_stream(codec_name, rate=rate)
@@ -143,14 +141,10 @@ def mux_audio_onto_video(video_path: PathLike, audio: torch.Tensor, sample_rate:
                 dst.mux(pkt)
             for p in packets[k:]:
                 dst.mux(p)
-        os.replace(tmp, out_path)
     except InputError:
         raise
     except Exception as e:
         raise InputError(f"Writing {out_path} failed: {e}") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out_path
 
 

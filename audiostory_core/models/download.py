@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
+from ..atomic import write_text_atomic
 from ..errors import ModelFilesError
 from .sources import SOURCES, Source, cached_snapshot
 
@@ -88,9 +89,7 @@ def _edit_vae_config(path: Path) -> None:
     """TangoFlux names the text encoder by hub id; the layout has it next door as ``flan-t5-large``."""
     cfg = json.loads(path.read_text())
     cfg["text_encoder_name"] = "flan-t5-large"
-    if path.is_symlink():
-        path.unlink()
-    path.write_text(json.dumps(cfg, indent=2))
+    write_text_atomic(path, json.dumps(cfg, indent=2))   # replaces a link to the cache, never writes through it
 
 
 def _same_layout(target: Path, plan: Mapping[str, Path]) -> bool:

@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from ..atomic import write_bytes_atomic
 from ..errors import ModelFilesError
 from ..shapes import check_shapes
 from .weights import T5_PREFIX
@@ -112,7 +113,7 @@ def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch
                     device: torch.device | str = "cpu",
                     release: Callable[[torch.Tensor], None] = lambda t: None) -> tuple[torch.Tensor, Path | None]:
     """Return the cached null embedding, computing and caching it on first use."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     fp = fingerprint(sources or [t5_dir])
     name = cache_name(n_tokens, dtype)
@@ -134,15 +135,8 @@ def load_or_compute(weights_dir: Path, t5_dir: Path, n_tokens: int, dtype: torch
     emb = compute_null_embedding(t5_dir, n_tokens, dtype, t5_weights, device, release)
     for d in cache_dirs(weights_dir):
         try:
-            d.mkdir(parents=True, exist_ok=True)
-            tmp = d / (name + ".tmp")
-            save_file({"null_embedding": emb.contiguous()}, str(tmp), metadata={"fingerprint": fp})
-            os.replace(tmp, d / name)
-            return emb, d / name
+            return emb, write_bytes_atomic(d / name, save({"null_embedding": emb.contiguous()},
+                                                         metadata={"fingerprint": fp}))
         except Exception:  # read-only folder, full disk, SafetensorError...: try the next place
-            try:
-                (d / (name + ".tmp")).unlink(missing_ok=True)
-            except OSError:
-                pass
             continue
     return emb, None

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import BinaryIO, Optional, Sequence
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_file
 from ..errors import InputError
 from ..progress import Hooks, as_hooks
 from ..validation import check_finite
@@ -77,8 +77,8 @@ def crossfade_concat(clips: Sequence[torch.Tensor], sample_rate: int, seconds: f
     return result
 
 
-def write_wav_float32(path: str | Path, data, sample_rate: int) -> None:
-    """A float32 WAV (WAVE_FORMAT_IEEE_FLOAT, fmt + fact + data) from [S, C] numpy data.
+def write_wav_float32(f: BinaryIO, data, sample_rate: int) -> None:
+    """A float32 WAV (WAVE_FORMAT_IEEE_FLOAT, fmt + fact + data) from [S, C] numpy data into an open binary file.
 
     Written by hand instead of libsndfile, whose PEAK chunk carries a timestamp: this way the same
     audio always gives the same bytes. Any WAV reader (libsndfile, FFmpeg, Python's readers) opens it.
@@ -91,15 +91,14 @@ def write_wav_float32(path: str | Path, data, sample_rate: int) -> None:
     frames, channels = data.shape
     payload = data.tobytes()
     if len(payload) > 0xFFFFFFFF - 64:
-        raise InputError(f"{Path(path).name}: {len(payload) / 2**30:.1f} GiB of audio is too large for WAV "
+        raise InputError(f"{len(payload) / 2**30:.1f} GiB of audio is too large for WAV "
                          "(4 GiB limit); write .flac or a shorter story.")
     fmt = struct.pack("<HHIIHHH", 3, channels, int(sample_rate), int(sample_rate) * channels * 4, channels * 4, 32, 0)
     fact = struct.pack("<I", frames)
     body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<I", len(fact)) + fact
             + b"data" + struct.pack("<I", len(payload)))
-    with open(path, "wb") as f:
-        f.write(b"RIFF" + struct.pack("<I", len(body) + len(payload)) + body)
-        f.write(payload)
+    f.write(b"RIFF" + struct.pack("<I", len(body) + len(payload)) + body)
+    f.write(payload)
 
 
 def write_audio(path: str | Path, wave: torch.Tensor, sample_rate: int, fmt: Optional[str] = None) -> Path:
@@ -115,11 +114,11 @@ def write_audio(path: str | Path, wave: torch.Tensor, sample_rate: int, fmt: Opt
         raise InputError(f"Unsupported audio format {fmt!r}; use wav or flac.")
     check_finite(wave, "decoded audio", AUDIO_CAUSE)
     data = wave.detach().cpu().float().numpy().T
-    with atomic_write(path) as tmp:
+    with atomic_file(path) as f:
         if fmt == "wav":
-            write_wav_float32(tmp, data, sample_rate)
+            write_wav_float32(f, data, sample_rate)
         else:
-            sf.write(str(tmp), data.clip(-1, 1), sample_rate, subtype="PCM_24", format="FLAC")
+            sf.write(f, data.clip(-1, 1), sample_rate, subtype="PCM_24", format="FLAC")
     return path
 
 

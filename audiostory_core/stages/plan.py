@@ -21,8 +21,9 @@ from .processors import apply_processors, repetition_penalty
 from .grammar import (TokenIds, build_instruction, encode_caption_span, encode_plain, encode_prompt,
                       parse_transcript, render_caption, split_caption)
 from ..progress import Hooks, as_hooks
-from ..validation import (MAX_EVENTS, check_event, check_instruction, check_max_new_tokens, check_plan_events,
-                          check_total_duration, check_transcript_ids)
+from ..validation import (MAX_EVENTS, MAX_INSTRUCTION_CHARS, MAX_NEW_TOKENS, MAX_NOTE_CHARS, MAX_REASONING_CHARS,
+                          check_event, check_instruction, check_list, check_max_new_tokens, check_plan_events,
+                          check_text, check_total_duration, check_transcript_ids, parse_json)
 
 PLAN_FORMAT = "audiostory-plan/1"
 
@@ -82,31 +83,35 @@ class StoryPlan:
             if span is not None and not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)):
                 raise PlanError(f"{where}.span must be [start, end] or absent.")
             text = e.get("text")
+            if text is not None:
+                check_text(text, f"{where}.text", MAX_NOTE_CHARS, PlanError)
             events.append(StoryEvent(caption=cap.strip(), duration=float(dur),
                                      text=text if isinstance(text, str) else None, span=span))
         ids = d.get("transcript_ids") or []
         if not isinstance(ids, list):
             raise PlanError("'transcript_ids' must be a list of token ids (or be left out).")
+        check_list(ids, "'transcript_ids'", MAX_NEW_TOKENS, PlanError)
         check_transcript_ids(ids)
         instr = d.get("instruction", "")
         reasoning = d.get("reasoning", "")
         if not isinstance(instr, str) or not isinstance(reasoning, str):
             raise PlanError("'instruction' and 'reasoning' must be strings.")
+        check_text(instr, "'instruction'", MAX_INSTRUCTION_CHARS, PlanError)
+        check_text(reasoning, "'reasoning'", MAX_REASONING_CHARS, PlanError)
+        problems = d.get("problems") or []
+        for i, note in enumerate(check_list(problems, "'problems'", MAX_EVENTS * 4, PlanError)):
+            check_text(note, f"problems[{i}]", MAX_NOTE_CHARS, PlanError)
         total = d.get("total_duration")
         check_plan_events([e.caption for e in events], [e.duration for e in events])
         if isinstance(total, bool) or not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
             total = None
         return cls(instruction=instr, reasoning=reasoning, events=events,
                    total_duration=float(total) if isinstance(total, (int, float)) else None,
-                   transcript_ids=list(ids), problems=list(d.get("problems") or []))
+                   transcript_ids=list(ids), problems=list(problems))
 
     @classmethod
     def from_json(cls, text: str, max_event_seconds: Optional[float] = None) -> "StoryPlan":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PlanError(f"Plan JSON is invalid at line {e.lineno}, column {e.colno}: {e.msg}.") from e
-        return cls.from_dict(d, max_event_seconds)
+        return cls.from_dict(parse_json(text, "Plan JSON", error=PlanError), max_event_seconds)
 
     @property
     def durations(self) -> list[float]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -31,7 +30,8 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 
-from ..atomic import atomic_write
+from .. import validation
+from ..atomic import append_durably, write_text_atomic
 from ..errors import AudioStoryError, GenerationInterrupted, InputError
 from ..progress import Hooks
 from ..settings import RenderSettings
@@ -93,10 +93,7 @@ def _plan_object(v: Any, base_dir: Optional[Path]) -> dict:
         p = Path(v)
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p
-        try:
-            v = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"'plan' {str(p)!r} cannot be read as plan JSON: {e}") from e
+        v = validation.parse_json(validation.read_text_file(p, "'plan'"), f"'plan' {str(p)!r}")
     StoryPlan.from_dict(v)   # structure errors now, clip-length errors at render time
     return v
 
@@ -130,11 +127,16 @@ def parse_story(obj: Any, line: int, defaults: RenderSettings, base_dir: Optiona
 
 def parse_stories(lines: Iterable[str], defaults: RenderSettings = RenderSettings(),
                   base_dir: Optional[Path] = None) -> ParsedStories:
-    """Check every line up front: malformed lines and every line of a duplicated id become errors."""
+    """Check every line up front: a malformed line (not UTF-8, not JSON, over a limit, bad values) and a
+    later line reusing an id fail on their own; every other story renders."""
     jobs: list[StoryJob] = []
     errors: list[LineError] = []
     for n, raw in enumerate(lines, start=1):
-        text = raw.strip()
+        try:
+            text = validation.check_json_text(raw, "the line").strip()
+        except InputError as e:
+            errors.append(LineError(n, str(e)))
+            continue
         if not text or text.startswith("#"):
             continue
         try:
@@ -147,26 +149,29 @@ def parse_stories(lines: Iterable[str], defaults: RenderSettings = RenderSetting
         except AudioStoryError as e:
             errors.append(LineError(n, str(e), obj.get("id") if isinstance(obj, dict) and
                                     isinstance(obj.get("id"), str) else None))
-    by_id: dict[str, list[StoryJob]] = {}
+    first: dict[str, StoryJob] = {}
+    unique: list[StoryJob] = []
     for j in jobs:   # case-folded: OUT/A.wav and OUT/a.wav are one file on macOS and Windows
-        by_id.setdefault(j.id.casefold(), []).append(j)
-    dup = {k: v for k, v in by_id.items() if len(v) > 1}
-    for group in dup.values():
-        where = ", ".join(str(j.line) for j in group)
-        for j in group:
-            errors.append(LineError(j.line, f"duplicate id (lines {where}); give each story its own id", j.id))
-    jobs = [j for j in jobs if j.id.casefold() not in dup]
+        kept = first.setdefault(j.id.casefold(), j)
+        if kept is j:
+            unique.append(j)
+        else:
+            errors.append(LineError(j.line, f"duplicate id {j.id!r}: line {kept.line} already uses it (that story "
+                                            "renders); give each story its own id", j.id))
+    jobs = unique
     errors.sort(key=lambda e: e.line)
     return ParsedStories(jobs, errors)
 
 
 def read_stories(path: Union[str, Path], defaults: RenderSettings = RenderSettings()) -> ParsedStories:
+    """The stories file, line by line as bytes: a line that is not UTF-8 fails on its own."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"Cannot read the stories file {path}: {e}") from e
-    parsed = parse_stories(text.splitlines(), defaults, path.parent)
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise InputError(f"Cannot read the stories file {path}: {e.strerror or e}") from None
+    parsed = parse_stories(lines, defaults, path.parent)
     if not parsed.jobs and not parsed.errors:
         raise InputError(f"{path} holds no story. Write one JSON object per line, e.g.\n"
                          '  {"id": "storm", "instruction": "A thunderstorm rolls over a farm.", "duration": 30}')
@@ -234,10 +239,7 @@ class ManifestShard:
         self.path = out_dir / f"manifest.rank{rank}.jsonl"
 
     def append(self, entry: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_durably(self.path, json.dumps(entry, ensure_ascii=False) + "\n")
 
 
 def merge_manifest(out_dir: Path, parsed: ParsedStories, new_entries: Iterable[dict] = ()) -> list[dict]:
@@ -261,8 +263,7 @@ def merge_manifest(out_dir: Path, parsed: ParsedStories, new_entries: Iterable[d
     for err in parsed.errors:
         rows.append({"id": err.id, "line": err.line, "status": "failed", "error": err.error, "stage": "parse"})
     rows.sort(key=lambda r: r["line"])
-    with atomic_write(out_dir / MANIFEST) as tmp:
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_text_atomic(out_dir / MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
 
@@ -477,8 +478,7 @@ class BatchRunner:
         from ..stages.audio import write_audio
 
         wav, plan_path = output_paths(self.out_dir, job.id)
-        with atomic_write(plan_path) as tmp:
-            tmp.write_text(plan.to_json(), encoding="utf-8")
+        write_text_atomic(plan_path, plan.to_json())
         write_audio(wav, audio, sr, "wav")
         seconds = earlier + time.perf_counter() - t0
         entry = {"id": job.id, "line": job.line, "status": "ok", "seconds": round(seconds, 3),

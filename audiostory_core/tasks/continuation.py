@@ -29,6 +29,7 @@ from torch import nn
 from ..stages.audio import crossfade_concat, resample
 from ..media.captioning import resolve_model_dir
 from ..errors import InputError, ModelFilesError
+from ..models.folders import WHISPER
 from ..models.weights import strict_load
 from ..shapes import check_loading_info
 from ..stages.event_tokens import event_tokens
@@ -38,7 +39,7 @@ from ..progress import Hooks, as_hooks
 
 WHISPER_SR = 16000
 WINDOW_SECONDS = 30.0
-DEFAULT_WHISPER = "whisper-large-v3"
+DEFAULT_WHISPER = WHISPER.default
 RESAMPLER_PREFIX = "seedx.whisper_resampler_llava."
 MIN_RATE, MAX_RATE = 8000, 192000
 SILENCE_DBFS = -60.0

@@ -18,7 +18,6 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..atomic import atomic_write
 from ..errors import InputError, PlanError
 from ..stages.event_tokens import event_tokens
 from ..stages.plan import StoryEvent, StoryPlan, generate_plan
@@ -211,10 +210,3 @@ def dub_video(pipe, video: Union[str, Path], out: Union[str, Path], scenes: Scen
                                 audio_codec=audio_codec, existing_audio=existing_audio, mix_gain_db=mix_gain_db)
     return DubResult(path=Path(path), plan=plan, scenes=scenes, soundtrack=track)
 
-
-def write_text_atomic(path: Union[str, Path], text: str) -> Path:
-    """Write a small text file (plan, scenes JSON) via a temp file and rename."""
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
-    return path

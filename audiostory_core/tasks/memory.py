@@ -26,8 +26,9 @@ from typing import Optional
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import write_bytes_atomic
 from ..errors import InputError, WeightsMismatchError
+from ..validation import MAX_MEMORY_JSON_BYTES, check_event, check_list, parse_json
 
 MEMORY_FORMAT = "audiostory-memory/1"
 
@@ -101,7 +102,7 @@ class StoryMemory:
 
     # ------------------------------------------------------------ files
     def save(self, path) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,9 +114,7 @@ class StoryMemory:
             meta_events.append({"chapter": ev.chapter, "caption": ev.caption, "duration": ev.duration})
         meta = {"format": MEMORY_FORMAT, "window": self.window, "strength": self.strength,
                 "chapters": list(self.chapters), "events": meta_events}
-        with atomic_write(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"audiostory_memory": json.dumps(meta)})
-        return path
+        return write_bytes_atomic(path, save(tensors, metadata={"audiostory_memory": json.dumps(meta)}))
 
     @classmethod
     def load(cls, path) -> "StoryMemory":
@@ -126,11 +125,13 @@ class StoryMemory:
             raise InputError(f"Memory file {path} does not exist. Save one first (mode 'save').")
         try:
             with safe_open(str(path), "pt") as fh:
-                meta = json.loads((fh.metadata() or {}).get("audiostory_memory", "null"))
+                meta = parse_json((fh.metadata() or {}).get("audiostory_memory", "null"), f"{path.name}'s metadata",
+                                  max_bytes=MAX_MEMORY_JSON_BYTES)
                 if not isinstance(meta, dict) or meta.get("format") != MEMORY_FORMAT:
                     raise InputError(f"{path} is not an AudioStory memory file ({MEMORY_FORMAT}).")
                 events = []
-                for i, m in enumerate(meta["events"]):
+                for i, m in enumerate(check_list(meta["events"], "its events")):
+                    check_event(m["caption"], m["duration"], f"memory event {i}")   # the plans' bounds
                     events.append(RememberedEvent(int(m["chapter"]), str(m["caption"]), float(m["duration"]),
                                                   fh.get_tensor(f"event{i}.semantic").float(),
                                                   fh.get_tensor(f"event{i}.residual").float()))

@@ -21,6 +21,7 @@ from ..progress import Hooks, as_hooks
 from ..settings import RENDER_KEYS, RenderSettings
 from ..stages.event_tokens import EventTokens
 from ..stages.plan import StoryPlan
+from ..validation import read_text_file
 
 if TYPE_CHECKING:  # the pipeline imports the stages only; no cycle at runtime
     from ..pipeline import AudioStoryPipeline, StoryAudio
@@ -99,7 +100,7 @@ def read_dump(folder: Union[str, Path]) -> Dump:
     if missing:
         raise InputError(f"{folder} is not a complete --dump folder: {', '.join(missing)} missing. Write one with "
                          "`python -m audiostory_core generate ... --dump DIR`.")
-    plan = StoryPlan.from_json((folder / "plan.json").read_text())
+    plan = StoryPlan.from_json(read_text_file(folder / "plan.json", "the dump's plan"))
     try:
         toks = load_file(str(folder / "tokens.safetensors"))
         lat_path = str(folder / "latents.safetensors")

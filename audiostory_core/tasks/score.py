@@ -20,14 +20,16 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import write_text_atomic
 from ..errors import InputError, ModelFilesError
+from ..models.folders import CLAP
 from ..shapes import check_loading_info
 from ..stages.event_tokens import clip_seconds
 from ..stages.plan import StoryPlan
+from ..validation import parse_json, read_text_file
 
 CLAP_SAMPLE_RATE = 48000
-DEFAULT_CLAP = "clap-htsat-unfused"
+DEFAULT_CLAP = CLAP.default
 KNOWN_CLAP = {"clap-htsat-unfused": "laion/clap-htsat-unfused", "larger_clap_general": "laion/larger_clap_general"}
 VAE_SAMPLE_RATE = 44100     # clips are trimmed at this rate before resampling (the span rule follows it)
 
@@ -211,10 +213,7 @@ def write_scores(plan_path: Union[str, Path], scores: StoryScores, crossfade: fl
     ``StoryPlan.from_json`` ignores both, so the file still loads as a plan.
     """
     path = Path(plan_path)
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"Cannot read the plan {path}: {e}") from e
+    d = parse_json(read_text_file(path, "the plan"), f"The plan {path}")
     if not isinstance(d, dict) or len(d.get("events") or []) != len(scores.events):
         raise InputError(f"{path} does not hold the {len(scores.events)} events that were scored.")
     for ev, sc in zip(d["events"], scores.events):
@@ -222,9 +221,7 @@ def write_scores(plan_path: Union[str, Path], scores: StoryScores, crossfade: fl
     d["scores"] = {"model": scores.model, "sample_rate": CLAP_SAMPLE_RATE, "crossfade": crossfade,
                    "story": None if scores.story is None else round(scores.story, 6),
                    "events": [round(s, 6) for s in scores.events]}
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(d, indent=2, ensure_ascii=False))
-    return path
+    return write_text_atomic(path, json.dumps(d, indent=2, ensure_ascii=False))
 
 
 SELECT_MODES = ("weakest", "below_threshold")
