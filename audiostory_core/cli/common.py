@@ -44,6 +44,32 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="auto = fp16 on GPU (as the official code), fp32 on CPU")
     p.add_argument("--strict", action="store_true",
                    help="checkpoint keys that belong to no AudioStory module are an error (default: a warning)")
+    add_perf_args(p)
+
+
+def add_perf_args(p: argparse.ArgumentParser) -> None:
+    """Speed and memory switches (:class:`audiostory_core.perf.PerfOptions`): every command that loads models."""
+    from ..perf import ATTENTION_CHOICES
+
+    g = p.add_argument_group("speed and memory (default: every fast path; the compiled ones only on CUDA)")
+    g.add_argument("--reference", action="store_true",
+                   help="the official computation: token-by-token decode, eager DiT, one VAE call per clip")
+    g.add_argument("--low-vram", action="store_true",
+                   help="load on the host, keep only the running stage's model on the GPU, decode the VAE in chunks")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile + CUDA graphs for the decode and DiT steps (default: on, CUDA only; "
+                        "a failure falls back to eager with one warning)")
+    g.add_argument("--attention", choices=ATTENTION_CHOICES, default=None,
+                   help="DiT attention backend on CUDA (default: auto = SDPA's flash kernel in fp16/bf16; "
+                        "sdpa = PyTorch's own choice)")
+
+
+def perf_options(args):
+    """The :class:`PerfOptions` of the parsed speed switches (a contradiction is an InputError)."""
+    from ..perf import PerfOptions
+
+    return PerfOptions.from_flags(reference=getattr(args, "reference", False), compile=getattr(args, "compile", None),
+                                  attention=getattr(args, "attention", None))
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +100,8 @@ def add_render_args(p: argparse.ArgumentParser, seed_help: str = "seed of the pe
 
 
 def pipeline(args, planner=True, dit=True, vae=True):
+    import torch
+
     from ..models.config import locate
     from ..models.loading import load_models
     from ..pipeline import AudioStoryPipeline, resolve_device, resolve_dtype
@@ -81,11 +109,13 @@ def pipeline(args, planner=True, dit=True, vae=True):
     paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
                    qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
     dev = resolve_device(args.device)
-    models = load_models(paths, resolve_dtype(args.dtype, dev), dev, planner=planner, dit=dit, vae=vae,
+    perf, low_vram = perf_options(args), getattr(args, "low_vram", False)
+    load_dev = torch.device("cpu") if low_vram else dev    # low-VRAM: each stage brings its model over
+    models = load_models(paths, resolve_dtype(args.dtype, dev), load_dev, planner=planner, dit=dit, vae=vae,
                          strict=getattr(args, "strict", False))
     for w in models.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    return AudioStoryPipeline(models)
+    return AudioStoryPipeline(models, perf=perf, low_vram=low_vram, device=dev)
 
 
 def lead(args) -> str:
@@ -122,6 +152,7 @@ def check_args(args) -> None:
         v.check_instruction(args.instruction)
     if get("device") is not None:
         v.check_device(args.device)
+    perf_options(args)      # --reference with --compile/--attention is a contradiction
 
 
 def model_paths(args):

@@ -146,7 +146,8 @@ def cmd_dub(args) -> int:
             plan = given_plan
         else:
             plan = dubbing_plan(pipe.models.planner, scenes, args.brief, event_captions=args.event_captions,
-                                lead=lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks).plan
+                                lead=lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks,
+                                plan_options=pipe.perf.plan_kwargs).plan
         res = dub_video(pipe, args.video, args.out, scenes, plan=plan, crossfade=args.crossfade, steps=args.steps,
                         guidance=args.guidance, noise=args.noise, seed=args.seed, sampler=args.sampler,
                         sample_rate=args.sample_rate, curve=args.crossfade_curve, existing_audio=args.existing_audio,
