@@ -13,7 +13,7 @@ from comfy_api.latest import io
 from ..audiostory_core.errors import InputError
 from ..audiostory_core.stages.sampling import make_noise, reference_sigmas, sample_latents
 from . import comfy_models as cm
-from .common import CATEGORY, Events, make_hooks, reference_numerics
+from .common import CATEGORY, Events, make_hooks, node_perf, reference_input, reference_numerics
 from .logic import NOISE_CHOICES, REFERENCE_SAMPLER, EventsBundle, conditioning_pair, to_comfy_latent
 from .reroll_logic import event_rows, merge_rows, render_rows
 
@@ -85,6 +85,7 @@ class AudioStorySampler(io.ComfyNode):
                                 tooltip="With 'previous': the events to re-render, 1-based ('2,4', '2-4', 'all'); "
                                         "empty = none. Connect AudioStoryScore's events output to re-roll the "
                                         "weak ones."),
+                reference_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Audio latent [events, 64, frames].")],
             hidden=[io.Hidden.unique_id],
@@ -93,7 +94,7 @@ class AudioStorySampler(io.ComfyNode):
     @classmethod
     @reference_numerics
     def execute(cls, model, events, seed, steps, cfg, sampler_name, scheduler, noise, sampler=None,
-                sigmas=None, previous=None, render_events="") -> io.NodeOutput:
+                sigmas=None, previous=None, render_events="", reference=False) -> io.NodeOutput:
         dit = checked_dit(model, events)
         x = make_noise(noise, events.count, events.audio_seq_len, int(seed))
         rows = render_rows(previous, render_events, events)
@@ -102,7 +103,8 @@ class AudioStorySampler(io.ComfyNode):
                 return io.NodeOutput({"samples": previous["samples"].clone(), "type": "audio"})
             events, x = event_rows(events, rows), x[rows]
         if sampler_name == REFERENCE_SAMPLER and sampler is None and sigmas is None and cm.is_unpatched(model):
-            samples = reference_sample(model, dit, events, x, int(steps), float(cfg), cls.hidden.unique_id)
+            samples = reference_sample(model, dit, events, x, int(steps), float(cfg), cls.hidden.unique_id,
+                                       reference)
         else:
             samples = comfy_sample(model, events, x, int(seed), int(steps), float(cfg), sampler_name, scheduler,
                                    sampler, sigmas)
@@ -124,13 +126,16 @@ def checked_dit(model, events):
     return dit
 
 
-def reference_sample(model, dit, events: EventsBundle, x, steps: int, cfg: float, node_id):
+def reference_sample(model, dit, events: EventsBundle, x, steps: int, cfg: float, node_id, reference: bool = False):
     """The official Euler sampler (core ``sample_latents``) on the DiT, loaded by the memory manager with
-    the working memory of one CFG step over all events."""
+    the working memory of one CFG step over all events; on CUDA the compiled step and attention backend
+    unless ``reference`` (or ComfyUI's low-VRAM modes for the compile)."""
+    perf = node_perf(reference)
     e, t = events.count, events.audio_seq_len
     cm.load([model], model.model.memory_required([2 * e, 64, t]))
     lat = sample_latents(dit, events.fused, events.null_embedding, events.clip_seconds, steps=steps, guidance=cfg,
-                         initial_noise=x, sampler="euler", hooks=make_hooks(node_id))
+                         initial_noise=x, sampler="euler", hooks=make_hooks(node_id), compile=perf.compile_dit,
+                         attention_backend=perf.attention_backend)
     return to_comfy_latent(lat.float().to(mm.intermediate_device()))
 
 

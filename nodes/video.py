@@ -19,7 +19,7 @@ from ..audiostory_core.errors import InputError
 from ..audiostory_core.media.video import SceneList
 from . import comfy_models as cm
 from .common import CATEGORY as BASE_CATEGORY
-from .common import Plan, Planner, Scenes, make_hooks, model_folders
+from .common import Plan, Planner, Scenes, make_hooks, model_folders, node_perf, reference_input
 from .logic import EXISTING_AUDIO, MUX_POLICIES, PlanBundle, audio_from_dict
 from .media_logic import (apply_typed_captions, captions_json, keyframe_batch, plan_for_scenes, scenes_for_video,
                           video_file)
@@ -145,18 +145,20 @@ class AudioStoryDubbingPlan(io.ComfyNode):
                                tooltip="auto: the planner's captions if it wrote one event per scene, else the "
                                        "scene captions; planner: always the planner's; scenes: always the scenes'."),
                 io.Int.Input("max_new_tokens", default=1600, min=16, max=8192),
+                reference_input(),
             ],
             outputs=[Plan.Output("plan", display_name="plan"), io.String.Output("plan_json", display_name="plan_json")],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, planner, scenes, brief, captions, event_captions, max_new_tokens) -> io.NodeOutput:
+    def execute(cls, planner, scenes, brief, captions, event_captions, max_new_tokens,
+                reference=False) -> io.NodeOutput:
         sc = _own_copy(_scenes(scenes))
         pl = planner.planner
         cm.load([planner.llm_patcher, planner.heads_patcher], cm.llm_working_memory(pl.llm, 2048 + int(max_new_tokens)))
         plan = plan_for_scenes(planner.planner, sc, brief, captions, event_captions, int(max_new_tokens),
-                               hooks=make_hooks(cls.hidden.unique_id))
+                               hooks=make_hooks(cls.hidden.unique_id), plan_options=node_perf(reference).plan_kwargs)
         text = plan.to_json()
         return io.NodeOutput(PlanBundle(plan=plan), text, ui=ui.PreviewText(text))
 
