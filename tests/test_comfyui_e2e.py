@@ -213,22 +213,23 @@ def _cli_story(shared_root, env, out: Path, *extra) -> Path:
     return out
 
 
-def test_default_and_reference_match_cli(comfy, executed, shared_root, tmp_path):
+def test_default_and_reference_match_cli(comfy, shared_root, tmp_path):
     """The shipped workflow (default: fast paths) equals the CLI's default run bit for bit; the same graph
     with ``reference`` on (Planner, Sampler, Decode) equals ``generate --reference`` bit for bit; and the
     two differ only by float rounding (the fast paths' tolerance, tests/test_fast_paths.py)."""
     import soundfile as sf
 
-    entry = executed["audiostory_text_to_long_audio"]
-    assert entry["status"]["status_str"] == "success", _error_of(entry)
-    wav = [f for f in _files(comfy, entry) if f.suffix == ".wav"][0]
-    api = json.loads((API_DIR / "audiostory_text_to_long_audio.json").read_text())
-    for node in ("2", "4", "5"):                      # Planner, Sampler, Decode
-        api[node]["inputs"]["reference"] = True
-    api["6"]["inputs"]["filename_prefix"] = "audiostory/reference_switch"
-    ref_entry = comfy.run(api)
-    assert ref_entry["status"]["status_str"] == "success", _error_of(ref_entry)
-    ref_wav = [f for f in _files(comfy, ref_entry) if f.suffix == ".wav"][0]
+    def run(prefix: str, reference: bool) -> Path:
+        api = json.loads((API_DIR / "audiostory_text_to_long_audio.json").read_text())
+        if reference:
+            for node in ("2", "4", "5"):                  # Planner, Sampler, Decode
+                api[node]["inputs"]["reference"] = True
+        api["6"]["inputs"]["filename_prefix"] = f"audiostory/{prefix}"
+        entry = comfy.run(api)
+        assert entry["status"]["status_str"] == "success", _error_of(entry)
+        return [f for f in _files(comfy, entry) if f.suffix == ".wav"][0]
+
+    wav, ref_wav = run("default_switch", False), run("reference_switch", True)
     env = dict(os.environ, AUDIOSTORY_CACHE=str(comfy.root / "cache"))
     cli = _cli_story(shared_root, env, tmp_path / "cli.wav")
     cli_ref = _cli_story(shared_root, env, tmp_path / "cli_ref.wav", "--reference")
