@@ -142,7 +142,7 @@ def run_column(column: str, root: Path, out: Path, dtype_name: str, dit_steps: i
     from audiostory_core.stages.audio import decode_clips
     from audiostory_core.stages.event_tokens import clip_seconds
     from audiostory_core.stages.fast_vae import decode_clips_fast
-    from audiostory_core.stages.sampling import make_noise, reference_sigmas, _scheduler, Denoiser, dit_forward
+    from audiostory_core.stages.sampling import Denoiser, _scheduler, dit_forward, make_noise
 
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
