@@ -57,16 +57,21 @@ class StoryAudio:
 class AudioStoryPipeline:
     """Holds the loaded models and runs the stages. Every stage takes optional :class:`Hooks`.
 
-    ``perf`` (:class:`PerfOptions`, default: the reference computation) selects the fast paths.
+    ``perf`` (:class:`PerfOptions`, default: every fast path; CUDA-only ones on CUDA) selects the speed
+    paths; ``reference=True`` is the official computation (``PerfOptions.reference()``).
     ``low_vram`` keeps only the component of the running stage on ``device`` (the LLM is offloaded
     to ``offload_device`` before sampling, the DiT before decoding) and decodes the VAE in time
     chunks; the output is unchanged.
     """
 
-    def __init__(self, models: AudioStoryModels, *, perf: Optional[PerfOptions] = None, low_vram: bool = False,
-                 device: Optional[Union[str, torch.device]] = None, offload_device: str = "cpu"):
+    def __init__(self, models: AudioStoryModels, *, perf: Optional[PerfOptions] = None, reference: bool = False,
+                 low_vram: bool = False, device: Optional[Union[str, torch.device]] = None,
+                 offload_device: str = "cpu"):
         self.models = models
-        self.perf = perf if perf is not None else PerfOptions()
+        if reference and perf is not None and not perf.is_reference:
+            raise InputError("reference=True is the official computation; pass either reference=True or perf, "
+                             "not both.")
+        self.perf = PerfOptions.reference() if reference else (perf if perf is not None else PerfOptions())
         self.low_vram = bool(low_vram)
         self.offload_device = torch.device(offload_device)
         if device is not None:
@@ -80,20 +85,21 @@ class AudioStoryPipeline:
 
     @classmethod
     def from_pretrained(cls, root: Union[str, Path, ModelPaths], device: Optional[str] = None,
-                        dtype: Optional[str] = None, *, perf: Optional[PerfOptions] = None, low_vram: bool = False,
-                        planner: bool = True, dit: bool = True, vae: bool = True, strict: bool = False,
-                        **overrides) -> "AudioStoryPipeline":
+                        dtype: Optional[str] = None, *, perf: Optional[PerfOptions] = None, reference: bool = False,
+                        low_vram: bool = False, planner: bool = True, dit: bool = True, vae: bool = True,
+                        strict: bool = False, **overrides) -> "AudioStoryPipeline":
         """Locate (unless ``root`` is already a :class:`ModelPaths`) and load the requested components.
 
         ``planner``/``dit``/``vae`` skip what a command does not need (``plan`` loads no DiT or VAE);
-        ``strict`` makes checkpoint keys that belong to no module an error (else ``models.warnings``)."""
+        ``strict`` makes checkpoint keys that belong to no module an error (else ``models.warnings``);
+        ``reference=True`` is the official computation (``PerfOptions.reference()``)."""
         dev = resolve_device(device)
         paths = root if isinstance(root, ModelPaths) else locate(root, **overrides)
         # Low-VRAM: load on the host and bring each component to the device only for its stage.
         load_dev = torch.device("cpu") if low_vram else dev
         models = load_models(paths, resolve_dtype(dtype, dev), load_dev, planner=planner, dit=dit, vae=vae,
                              strict=strict)
-        return cls(models, perf=perf, low_vram=low_vram, device=dev)
+        return cls(models, perf=perf, reference=reference, low_vram=low_vram, device=dev)
 
     # ------------------------------------------------------------ placement (low-VRAM mode)
     def _place(self, stage: str) -> None:

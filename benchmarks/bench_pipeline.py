@@ -1,4 +1,4 @@
-"""End-to-end benchmark: a 5-event story, fast paths vs the reference way, in the same run.
+"""End-to-end benchmark: a 5-event story, the library default (fast paths) vs the official way, same run.
 
     python benchmarks/bench_pipeline.py --size tiny            # CPU, seconds (CI)
     python benchmarks/bench_pipeline.py --size real            # GPU: Qwen2.5-3B shape, 515M DiT, Oobleck
@@ -8,17 +8,16 @@ then per event ``<|gen|>`` caption ``<timestamp>d</timestamp>`` (~30 tokens) and
 Both paths run the real decode work (full forward + logits + penalty + processors + argmax per
 token), but the *chosen* token comes from the script:
 
-* fast: :func:`generate_plan` with ``fast=True, static_cache=True, compile=True`` and a
+* default (``PerfOptions()``, what every user gets unless ``--reference``): :func:`generate_plan` with
+  ``fast=True, static_cache=True, compile=True`` and a
   :class:`ScriptedTokens` source (forced blocks in one forward; CUDA graphs on CUDA), event tokens
   from the kept states, all events and both CFG halves in one batch (compiled DiT step on CUDA),
   batched + trimmed VAE decode;
-* reference: HF ``generate(output_hidden_states=True)`` with the official logits processors and a
+* official (``--reference`` computes the same): HF ``generate(output_hidden_states=True)`` with the official logits processors and a
   script processor (token-by-token blocks), states gathered like the official code, one
   ``sample_latents`` call per event (diffusers Euler scheduler, eager), one VAE call per clip.
 
-* library default: ``PerfOptions()`` (what ``AudioStoryPipeline`` does unless told otherwise):
-  the token-by-token loop, all events in one sampling batch, one VAE call per clip;
-* fast low-VRAM (``--low-vram``): the fast path with ``low_vram=True``.
+* default low-VRAM (``--low-vram``): the default path with ``low_vram=True``.
 
 Every column runs in its own process (same weights, same dtype: fp16 on CUDA like the official run,
 fp32 on CPU), so its peak memory is its own: host RSS of that process on CPU (weights included),
@@ -287,37 +286,6 @@ def run_fast(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) 
             "audio": audio, "plan": res.plan, "stats": stats, "free_steps": steps_t.free()}
 
 
-def run_default(pipe, script: list[int], spec: SizeSpec, steps: int, clock: Clock) -> dict:
-    """The library's defaults (``PerfOptions()``): token-by-token decode, all events in one sampling
-    batch, one VAE call per clip. Only the token choice comes from the script."""
-    from audiostory_core.stages.audio import decode_clips
-    from audiostory_core.stages.event_tokens import clip_seconds, event_tokens
-    from audiostory_core.stages.plan import generate_plan
-    from audiostory_core.stages.sampling import sample_latents
-
-    m = pipe.models
-    t, stats = {}, {}
-    steps_t = StepTimes(clock, block_tokens(m.planner.ids))
-    t0 = clock.now()
-    res = generate_plan(m.planner, DESCRIPTION, spec.total_seconds, token_source=timed_script(script, steps_t),
-                        stats=stats)
-    t1 = clock.now()
-    t["plan decode"] = t1 - t0
-    toks = event_tokens(m.planner, res.plan, res)
-    t2 = clock.now()
-    t["tokens"] = t2 - t1
-    secs = clip_seconds(res.plan.durations, 3.0)
-    lat = sample_latents(m.dit, toks.fused, m.null_embedding, secs, steps=steps, guidance=4.0, noise="reference")
-    t3 = clock.now()
-    t["sampling (all events)"] = t3 - t2
-    clips = decode_clips(m.vae, lat, secs)
-    t4 = clock.now()
-    t["VAE decode"] = t4 - t3
-    audio = stitch(m.vae, clips, clock, t, t4, t0)
-    return {"times": t, "ids": res.plan.transcript_ids, "semantic": toks.semantic, "latents": lat,
-            "audio": audio, "plan": res.plan, "stats": stats, "free_steps": steps_t.free()}
-
-
 def _timed(fn, repeats: int, device: torch.device) -> dict:
     """Run ``fn`` ``repeats`` times after the caller's warm-up; median times."""
     runs = [fn() for _ in range(repeats)]
@@ -357,11 +325,10 @@ print(json.dumps({{"seconds": dt, "peak_rss_gb": peak_rss_bytes() / 2**30,
 # ------------------------------------------------------------------ columns, one process each
 COLUMNS = {
     "official": "official way (HF generate, one sampling call per event, one VAE call per clip)",
-    "default": "library default (PerfOptions(): token-by-token loop, events batched, one VAE call per clip)",
-    "fast": "fast (PerfOptions.fast())",
-    "low_vram": "fast low-VRAM",
+    "default": "library default (PerfOptions(): every fast path, the compiled ones on CUDA)",
+    "low_vram": "default low-VRAM",
 }
-RUNNERS = {"official": run_reference, "default": run_default, "fast": run_fast, "low_vram": run_fast}
+RUNNERS = {"official": run_reference, "default": run_fast, "low_vram": run_fast}
 SAVED = ("semantic", "latents", "audio")
 
 
@@ -384,8 +351,8 @@ def run_column(column: str, root: Path, out: Path, device: str, dtype_name: str,
     clock = Clock(dev)
     spec = SIZES[root.name.split("random-", 1)[1]]
     models = load_models(locate(root), dtype, dev)
-    fast_perf = PerfOptions.fast(compile_decode=not no_compile, compile_dit=False if no_compile else True)
-    if column == "fast":
+    fast_perf = PerfOptions.from_flags(compile=False if no_compile else None)
+    if column == "default":
         pipe = AudioStoryPipeline(models, perf=fast_perf)
     elif column == "low_vram":
         if dev.type == "cuda":
@@ -394,7 +361,7 @@ def run_column(column: str, root: Path, out: Path, device: str, dtype_name: str,
             torch.cuda.empty_cache()
         pipe = AudioStoryPipeline(models, perf=fast_perf, low_vram=True, device=dev)
     else:
-        pipe = AudioStoryPipeline(models)
+        pipe = AudioStoryPipeline(models, reference=True)
     script, info = story_script(models.planner.tokenizer, models.planner.ids, spec)
     fn = RUNNERS[column]
     fn(pipe, script, spec, steps, clock)                 # warm-up (compilation, allocator, kernels)
@@ -434,9 +401,9 @@ def _column_subprocess(column: str, root: Path, out: Path, args) -> dict:
 
 # ------------------------------------------------------------------ table
 def fmt_table(cols: dict, cuda: bool, cold: dict) -> str:
-    """Markdown table, one column per run; ratio = official way / fast."""
+    """Markdown table, one column per run; ratio = official way / library default."""
     names = [c for c in COLUMNS if c in cols]
-    head = ["stage"] + [f"{COLUMNS[c].split(' (')[0]} (s)" for c in names] + ["ratio official/fast"]
+    head = ["stage"] + [f"{COLUMNS[c].split(' (')[0]} (s)" for c in names] + ["ratio official/default"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ratio(a: float, b: float) -> str:
@@ -444,10 +411,10 @@ def fmt_table(cols: dict, cuda: bool, cold: dict) -> str:
 
     for k in STAGES:
         row = [k] + [f"{cols[c]['times'][k]:.3f}" for c in names]
-        row.append(ratio(cols["official"]["times"][k], cols["fast"]["times"][k]))
+        row.append(ratio(cols["official"]["times"][k], cols["default"]["times"][k]))
         lines.append("| " + " | ".join(row) + " |")
     row = ["free decoding (tokens/s, free steps only)"] + [f"{cols[c]['free_tps']:.0f}" for c in names]
-    row.append(ratio(cols["fast"]["free_tps"], cols["official"]["free_tps"]) + " (fast/official)")
+    row.append(ratio(cols["default"]["free_tps"], cols["official"]["free_tps"]) + " (default/official)")
     lines.append("| " + " | ".join(row) + " |")
     mem = "peak VRAM of the column (GB)" if cuda else "peak RSS of the column's own process (GB)"
     lines.append("| " + " | ".join([mem] + [f"{cols[c]['mem_gb']:.2f}" for c in names] + ["-"]) + " |")
@@ -465,8 +432,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up (median)")
     ap.add_argument("--workdir", default=None, help="where the random checkpoint is written (default: temp dir)")
-    ap.add_argument("--no-compile", action="store_true", help="fast path without torch.compile / CUDA graphs")
-    ap.add_argument("--low-vram", action="store_true", help="also time the fast path in low-VRAM mode")
+    ap.add_argument("--no-compile", action="store_true", help="default path without torch.compile / CUDA graphs")
+    ap.add_argument("--low-vram", action="store_true", help="also time the default path in low-VRAM mode")
     ap.add_argument("--json", default=None, help="write every number to this file")
     ap.add_argument("--column", choices=sorted(COLUMNS), help=argparse.SUPPRESS)   # child process mode
     ap.add_argument("--root", help=argparse.SUPPRESS)
@@ -500,43 +467,40 @@ def main(argv: Optional[list[str]] = None) -> dict:
         write_s = time.perf_counter() - t
         cs = cold_start(root, str(dev), dtype_name)
         out = work / "columns"
-        names = ["official", "default", "fast"] + (["low_vram"] if args.low_vram else [])
+        names = ["official", "default"] + (["low_vram"] if args.low_vram else [])
         cols = {c: _column_subprocess(c, root, out, args) for c in names}
-        ref, fast = cols["official"], cols["fast"]
+        ref, fast = cols["official"], cols["default"]
         cuda = dev.type == "cuda"
         table = fmt_table(cols, cuda, cs)
         parity = {
-            "plan_ids_equal": fast["ids"] == ref["ids"] == cols["default"]["ids"],
-            "plan_text_equal": fast["plan_text"] == ref["plan_text"] == cols["default"]["plan_text"],
+            "plan_ids_equal": fast["ids"] == ref["ids"],
+            "plan_text_equal": fast["plan_text"] == ref["plan_text"],
             "events": fast["events"],
             "semantic_rel_err": rel_err(fast["semantic"], ref["semantic"], "semantic tokens"),
             "latents_rel_err": rel_err(fast["latents"], ref["latents"], "latents"),
             "audio_rel_err": rel_err(fast["audio"], ref["audio"], "audio"),
-            "default_latents_rel_err": rel_err(cols["default"]["latents"], ref["latents"], "latents"),
-            "default_audio_rel_err": rel_err(cols["default"]["audio"], ref["audio"], "audio"),
         }
         if args.low_vram:
-            parity["low_vram_latents_rel_err_vs_fast"] = rel_err(cols["low_vram"]["latents"], fast["latents"],
+            parity["low_vram_latents_rel_err_vs_default"] = rel_err(cols["low_vram"]["latents"], fast["latents"],
                                                                  "latents")
-            parity["low_vram_audio_rel_err_vs_fast"] = rel_err(cols["low_vram"]["audio"], fast["audio"], "audio")
+            parity["low_vram_audio_rel_err_vs_default"] = rel_err(cols["low_vram"]["audio"], fast["audio"], "audio")
         name = torch.cuda.get_device_name(dev) if cuda else f"CPU ({os.cpu_count()} cores)"
         info = fast["story"]
         header = (f"AudioStory benchmark, size={spec.name}, device={name}, dtype={dtype_name}, steps={args.steps}, "
                   f"torch {torch.__version__}\nstory: {spec.events} events, {spec.total_seconds:g} s, "
                   f"{info['tokens']} generated tokens ({info['free']} free, {info['forced']} forced; "
-                  f"{fast['free_steps']} free decode steps timed); fast decode forwards: "
+                  f"{fast['free_steps']} free decode steps timed); default decode forwards: "
                   f"{fast['stats'].get('forwards')}, block fallbacks: {fast['stats'].get('fallbacks')}; "
                   f"random checkpoint written in {write_s:.1f} s; each column in its own process\n"
                   + "\n".join(f"  {COLUMNS[c]}" for c in names))
         cs_line = (f"cold start: {cs['seconds']:.2f} s, peak host RSS {cs['peak_rss_gb']:.2f} GB"
                    + (f", peak VRAM {cs['peak_vram_gb']:.2f} GB" if cs.get("peak_vram_gb") is not None else ""))
         par_line = ("parity vs the official way: plan ids equal {plan_ids_equal}, plan text equal {plan_text_equal}; "
-                    "fast: rel. error semantic tokens {semantic_rel_err:.2e}, latents {latents_rel_err:.2e}, "
-                    "audio {audio_rel_err:.2e}; library default: latents {default_latents_rel_err:.2e}, "
-                    "audio {default_audio_rel_err:.2e}").format(**parity)
+                    "default: rel. error semantic tokens {semantic_rel_err:.2e}, latents {latents_rel_err:.2e}, "
+                    "audio {audio_rel_err:.2e}").format(**parity)
         if args.low_vram:
-            par_line += ("\nlow-VRAM vs fast: latents {low_vram_latents_rel_err_vs_fast:.2e}, "
-                         "audio {low_vram_audio_rel_err_vs_fast:.2e}").format(**parity)
+            par_line += ("\nlow-VRAM vs default: latents {low_vram_latents_rel_err_vs_default:.2e}, "
+                         "audio {low_vram_audio_rel_err_vs_default:.2e}").format(**parity)
         report = "\n".join([header, "", table, "", cs_line, par_line])
         print(report, flush=True)
         result = {"size": spec.name, "device": name, "dtype": dtype_name, "steps": args.steps,

@@ -17,6 +17,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..audiostory_core.perf import PerfOptions
 from ..audiostory_core.progress import Hooks
 from .dtypes_memory import pick_dtype
 from .model_roots import list_model_roots
@@ -33,6 +34,28 @@ Events = io.Custom("AUDIOSTORY_EVENTS")
 Memory = io.Custom("STORY_MEMORY")
 AudioContext = io.Custom("AUDIOSTORY_AUDIO_CONTEXT")
 Scenes = io.Custom("AUDIOSTORY_SCENES")
+
+
+REFERENCE_TOOLTIP = ("Off (default): the fast paths, same plan and audio within float rounding. On: the official "
+                     "computation, step by step (the CLI's --reference).")
+
+
+def reference_input():
+    """The ``reference`` switch every computing node appends as its last input."""
+    return io.Boolean.Input("reference", default=False, optional=True, tooltip=REFERENCE_TOOLTIP)
+
+
+def comfy_low_vram() -> bool:
+    """ComfyUI was started with --lowvram or --novram (or chose it for a small GPU)."""
+    return mm.vram_state in (mm.VRAMState.LOW_VRAM, mm.VRAMState.NO_VRAM)
+
+
+def node_perf(reference: bool) -> PerfOptions:
+    """The speed options of a node run: the defaults, the official computation with ``reference``; under
+    ComfyUI's low-VRAM modes no CUDA-graph compile (its graphs keep their memory)."""
+    if reference:
+        return PerfOptions.reference()
+    return PerfOptions.from_flags(compile=False if comfy_low_vram() else None)
 
 
 def reference_numerics(fn):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -12,7 +13,9 @@ from ..audiostory_core.errors import InputError
 from ..audiostory_core.validation import check_texts
 from ..audiostory_core.stages.audio import crossfade_concat, resample, write_audio
 from ..audiostory_core.stages.event_tokens import clip_seconds
-from .common import CATEGORY, Events, make_hooks, reference_numerics
+from ..audiostory_core.models.config import HOP
+from ..audiostory_core.stages.fast_vae import DEFAULT_OVERLAP
+from .common import CATEGORY, Events, comfy_low_vram, make_hooks, node_perf, reference_input, reference_numerics
 from .widgets import setting_input
 from .input_checks import sample_rate_problem
 from .layout import audio_dict, check_latent_matches, pad_clips
@@ -38,6 +41,7 @@ class AudioStoryDecode(io.ComfyNode):
                               tooltip="Seconds of overlap; the same value as in AudioStoryEventTokens."),
                 setting_input("sample_rate", tooltip="32000 = reference output rate; 0 = the VAE's own rate (44100)."),
                 setting_input("crossfade_curve", "curve", optional=True),
+                reference_input(),
             ],
             outputs=[
                 io.Audio.Output(display_name="audio", tooltip="The whole story."),
@@ -54,7 +58,7 @@ class AudioStoryDecode(io.ComfyNode):
 
     @classmethod
     @reference_numerics
-    def execute(cls, vae, samples, events, crossfade, sample_rate, curve="linear") -> io.NodeOutput:
+    def execute(cls, vae, samples, events, crossfade, sample_rate, curve="linear", reference=False) -> io.NodeOutput:
         if not isinstance(events, EventsBundle):
             raise InputError("events must come from AudioStoryEventTokens.")
         check_latent_matches(samples["samples"], events)
@@ -62,20 +66,29 @@ class AudioStoryDecode(io.ComfyNode):
             log.warning("AudioStoryDecode crossfade %.3g s differs from the %.3g s the clips were rendered for.",
                         crossfade, events.crossfade)
         sr_vae = int(getattr(vae, "sample_rate", 44100))
+        together = not node_perf(reference).reference_vae and not comfy_low_vram()
         clips = decode_with_vae(vae, samples["samples"], clip_seconds(events.durations, float(crossfade)), sr_vae,
-                                make_hooks(cls.hidden.unique_id))
+                                make_hooks(cls.hidden.unique_id), together=together)
         sr = sr_vae if int(sample_rate) == 0 else int(sample_rate)
         clips = [resample(c, sr_vae, sr) for c in clips]
         story = crossfade_concat(clips, sr, float(crossfade), curve)
         return io.NodeOutput(audio_dict(story, sr), audio_dict(pad_clips(clips), sr))
 
 
-def decode_with_vae(vae, latent, seconds, sample_rate: int, hooks) -> list:
-    """Decode clip by clip through ``comfy.sd.VAE.decode`` (memory-managed load, batching and the
-    OOM-to-tiled fallback of core) and trim each clip to its event: list of [C, S] float32 on CPU.
+def decode_with_vae(vae, latent, seconds, sample_rate: int, hooks, together: bool = False) -> list:
+    """Decode through ``comfy.sd.VAE.decode`` (memory-managed load, batching and the OOM-to-tiled fallback
+    of core) and trim each clip to its event: list of [C, S] float32 on CPU.
 
-    One clip per call keeps the numbers of the CLI's reference decode (one clip per VAE call) and gives
-    a progress step and a Cancel check per clip."""
+    ``together`` (the default path): every clip in one call, latent frames past the longest clip (plus
+    the decoder's context) skipped, as the core fast decode. Otherwise one clip per call: the numbers of
+    the reference decode, with a progress step and a Cancel check per clip (also under --lowvram)."""
+    if together:
+        n = [int(s * sample_rate) for s in seconds]
+        keep = min(latent.shape[-1], max(math.ceil(k / HOP) for k in n) + DEFAULT_OVERLAP)
+        hooks.check()
+        wav = vae.decode(latent[..., :keep]).movedim(-1, 1).float().cpu()
+        hooks.report("decode", latent.shape[0], latent.shape[0])
+        return [wav[i, :, :n[i]] for i in range(latent.shape[0])]
     clips = []
     for i in range(latent.shape[0]):
         hooks.check()

@@ -9,7 +9,8 @@ from ..audiostory_core.stages.grammar import build_instruction
 from ..audiostory_core.stages.plan import PlanResult, generate_plan
 from ..audiostory_core.tasks.memory import with_history
 from . import comfy_models as cm
-from .common import CATEGORY, AudioContext, Memory, Plan, Planner, make_hooks, reference_numerics, send_text
+from .common import (CATEGORY, AudioContext, Memory, Plan, Planner, make_hooks, node_perf, reference_input,
+                     reference_numerics, send_text)
 from .widgets import setting_input
 from .input_checks import describe_plan, instruction_problem, parse_plan_json, validate_plan_inputs
 from .streaming import ReadableStream, TextThrottle
@@ -40,6 +41,7 @@ class AudioStoryPlanner(io.ComfyNode):
                 io.Boolean.Input("unload_llm_after", default=False, optional=True,
                                  tooltip="Move the LLM off the GPU right after planning (it is also evicted "
                                          "automatically when the DiT needs the memory)."),
+                reference_input(),
             ],
             outputs=[
                 Plan.Output(display_name="plan"),
@@ -57,10 +59,10 @@ class AudioStoryPlanner(io.ComfyNode):
     @classmethod
     @reference_numerics
     def execute(cls, planner, instruction, total_duration, max_new_tokens, memory=None, audio_context=None,
-                unload_llm_after=False) -> io.NodeOutput:
+                unload_llm_after=False, reference=False) -> io.NodeOutput:
         node_id = cls.hidden.unique_id
         result, ctx = run_planner(planner, instruction, float(total_duration), int(max_new_tokens), memory,
-                                  audio_context, node_id)
+                                  audio_context, node_id, reference)
         if unload_llm_after:
             cm.unload_patcher(planner.llm_patcher)
         text = result.plan.to_json()
@@ -69,7 +71,7 @@ class AudioStoryPlanner(io.ComfyNode):
 
 
 def run_planner(planner, instruction: str, total_duration: float, max_new_tokens: int, memory, audio_context,
-                node_id) -> tuple[PlanResult, object]:
+                node_id, reference: bool = False) -> tuple[PlanResult, object]:
     """Load the LLM through the memory manager, build the prompt (audio context and earlier chapters for
     THIS instruction and duration) and generate, streaming readable plan text onto the node."""
     msg = validate_plan_inputs(instruction, total_duration, max_new_tokens)
@@ -82,7 +84,8 @@ def run_planner(planner, instruction: str, total_duration: float, max_new_tokens
     cm.load([planner.llm_patcher, planner.heads_patcher], cm.llm_working_memory(pl.llm, prompt_len + max_new_tokens))
     stream = TextThrottle(ReadableStream(send_text(node_id)))
     result = generate_plan(pl, instruction, total_duration, lead=lead, max_new_tokens=max_new_tokens,
-                           keep_hidden=True, context=ctx, hooks=make_hooks(node_id, stream))
+                           keep_hidden=True, context=ctx, hooks=make_hooks(node_id, stream),
+                           **node_perf(reference).plan_kwargs)
     stream.flush()
     if result.hidden is not None:
         result.hidden = result.hidden.to(mm.intermediate_device())

@@ -14,7 +14,7 @@ from ..audiostory_core.errors import InputError
 from ..audiostory_core.validation import check_texts
 from ..audiostory_core.stages.sampling import make_noise, reference_sigmas, sample_latents
 from . import comfy_models as cm
-from .common import CATEGORY, Events, make_hooks, reference_numerics
+from .common import CATEGORY, Events, make_hooks, node_perf, reference_input, reference_numerics
 from .layout import conditioning_pair, to_comfy_latent
 from .values import EventsBundle
 from .event_rows import event_rows, merge_rows, render_rows
@@ -90,6 +90,7 @@ class AudioStorySampler(io.ComfyNode):
                                 tooltip="With 'previous': the events to re-render, 1-based ('2,4', '2-4', 'all'); "
                                         "empty = none. Connect AudioStoryScore's events output to re-roll the "
                                         "weak ones."),
+                reference_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Audio latent [events, 64, frames].")],
             hidden=[io.Hidden.unique_id],
@@ -98,7 +99,7 @@ class AudioStorySampler(io.ComfyNode):
     @classmethod
     @reference_numerics
     def execute(cls, model, events, seed, steps, cfg, sampler_name, scheduler, noise, sampler=None,
-                sigmas=None, previous=None, render_events="") -> io.NodeOutput:
+                sigmas=None, previous=None, render_events="", reference=False) -> io.NodeOutput:
         check_texts(render_events=render_events)
         dit = checked_dit(model, events)
         x = make_noise(noise, events.count, events.audio_seq_len, int(seed))
@@ -109,7 +110,8 @@ class AudioStorySampler(io.ComfyNode):
             events, x = event_rows(events, rows), x[rows]
         core = CORE_SAMPLERS.get(sampler_name)
         if core is not None and sampler is None and sigmas is None and cm.is_unpatched(model):
-            samples = reference_sample(model, dit, events, x, int(steps), float(cfg), cls.hidden.unique_id, core)
+            samples = reference_sample(model, dit, events, x, int(steps), float(cfg), cls.hidden.unique_id, core,
+                                       reference)
         elif core is not None and sampler_name != REFERENCE_SAMPLER:
             raise InputError(f"{sampler_name} is the library's sampler: it runs on an unpatched model without "
                              "SAMPLER/SIGMAS inputs; pick a ComfyUI sampler for a patched model or custom sigmas.")
@@ -134,13 +136,17 @@ def checked_dit(model, events):
     return dit
 
 
-def reference_sample(model, dit, events: EventsBundle, x, steps: int, cfg: float, node_id, sampler: str = "euler"):
+def reference_sample(model, dit, events: EventsBundle, x, steps: int, cfg: float, node_id, sampler: str = "euler",
+                     reference: bool = False):
     """A core sampler (``sample_latents``; euler = the official one) on the DiT, loaded by the memory
-    manager with the working memory of one CFG step over all events."""
+    manager with the working memory of one CFG step over all events; on CUDA the compiled step and attention
+    backend unless ``reference`` (or ComfyUI's low-VRAM modes for the compile)."""
+    perf = node_perf(reference)
     e, t = events.count, events.audio_seq_len
     cm.load([model], model.model.memory_required([2 * e, 64, t]))
     lat = sample_latents(dit, events.fused, events.null_embedding, events.clip_seconds, steps=steps, guidance=cfg,
-                         initial_noise=x, sampler=sampler, hooks=make_hooks(node_id))
+                         initial_noise=x, sampler=sampler, hooks=make_hooks(node_id), compile=perf.compile_dit,
+                         attention_backend=perf.attention_backend)
     return to_comfy_latent(lat.float().to(mm.intermediate_device()))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 import tempfile
 
 import torch
@@ -75,10 +75,10 @@ def apply_typed_captions(scenes: SceneList, text: str) -> bool:
 
 
 def plan_for_scenes(planner, scenes: SceneList, brief: str, captions: str, event_captions: str,
-                    max_new_tokens: int, hooks=None) -> StoryPlan:
+                    max_new_tokens: int, hooks=None, plan_options: Optional[dict] = None) -> StoryPlan:
     apply_typed_captions(scenes, captions)
     return dubbing_plan(planner, scenes, brief, event_captions=event_captions, max_new_tokens=max_new_tokens,
-                        hooks=hooks).plan
+                        hooks=hooks, plan_options=plan_options).plan
 
 
 def captions_json(scenes: SceneList) -> str:

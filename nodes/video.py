@@ -22,7 +22,7 @@ from ..audiostory_core.media.video import SceneList
 from . import comfy_models as cm
 from . import model_choices
 from .common import CATEGORY as BASE_CATEGORY
-from .common import Plan, Planner, Scenes, make_hooks
+from .common import Plan, Planner, Scenes, make_hooks, node_perf, reference_input
 from .widgets import setting_input
 from .layout import audio_from_dict
 from .scenes import EXISTING_AUDIO, MUX_POLICIES
@@ -150,19 +150,21 @@ class AudioStoryDubbingPlan(io.ComfyNode):
                                tooltip="auto: the planner's captions if it wrote one event per scene, else the "
                                        "scene captions; planner: always the planner's; scenes: always the scenes'."),
                 setting_input("max_new_tokens"),
+                reference_input(),
             ],
             outputs=[Plan.Output("plan", display_name="plan"), io.String.Output("plan_json", display_name="plan_json")],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, planner, scenes, brief, captions, event_captions, max_new_tokens) -> io.NodeOutput:
+    def execute(cls, planner, scenes, brief, captions, event_captions, max_new_tokens,
+                reference=False) -> io.NodeOutput:
         check_texts(brief=brief, captions=captions)
         sc = _own_copy(_scenes(scenes))
         pl = planner.planner
         cm.load([planner.llm_patcher, planner.heads_patcher], cm.llm_working_memory(pl.llm, 2048 + int(max_new_tokens)))
         plan = plan_for_scenes(planner.planner, sc, brief, captions, event_captions, int(max_new_tokens),
-                               hooks=make_hooks(cls.hidden.unique_id))
+                               hooks=make_hooks(cls.hidden.unique_id), plan_options=node_perf(reference).plan_kwargs)
         text = plan.to_json()
         return io.NodeOutput(PlanBundle(plan=plan), text, ui=ui.PreviewText(text))
 

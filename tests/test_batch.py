@@ -131,6 +131,27 @@ def test_resume_skips_complete_stories_and_renders_changed_or_damaged_ones(share
                                                                RenderSettings(steps=2)).jobs[0].spec
 
 
+def test_the_default_batch_equals_the_reference_batch(shared_pipeline, tmp_path):
+    """Batches of stories under the default fast paths (cross-story sampling) render what ``--reference``
+    renders one story at a time: identical plans, audio within float rounding."""
+    from audiostory_core.pipeline import AudioStoryPipeline
+
+    f = _write_jsonl(tmp_path / "s.jsonl", [{"id": "storm", "instruction": STORM, "duration": 12.0, "seed": 1},
+                                            {"id": "truck", "instruction": TRUCK, "duration": 7.5}])
+    jobs = parse_stories(f.read_text().splitlines(), RenderSettings(steps=4)).jobs
+    official = AudioStoryPipeline(shared_pipeline.models, reference=True)
+    ref = BatchRunner(official, tmp_path / "ref", max_batch=1).run(jobs)
+    fast = BatchRunner(shared_pipeline, tmp_path / "fast", max_batch=2).run(jobs)
+    assert ref.rendered == fast.rendered == ["storm", "truck"]
+    assert {e["batch_stories"] for e in fast.entries} == {2}
+    for sid in ("storm", "truck"):
+        assert (tmp_path / "fast" / f"{sid}.plan.json").read_text() == \
+            (tmp_path / "ref" / f"{sid}.plan.json").read_text()
+        a, _ = read_audio(tmp_path / "fast" / f"{sid}.wav")
+        b, _ = read_audio(tmp_path / "ref" / f"{sid}.wav")
+        assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4, sid
+
+
 def test_an_out_of_memory_story_is_recorded_and_a_batch_too_big_together_splits(shared_pipeline, tmp_path,
                                                                                 monkeypatch):
     import audiostory_core.stages.sampling as sampling

@@ -6,7 +6,7 @@ writable folder in a temporary base directory) with this repository on the custo
 (``whisper-large-v3``) and VLM (``Qwen2.5-VL-3B-Instruct``) built here. The input folder starts empty: the
 pack copies its bundled example media there itself, as on a fresh install. Checks: all node ids registered,
 no import failure, templates, UI workflows vs /object_info, every API workflow, reference parity with the
-CLI, sampler-swap numerics, FLAC metadata, stream-copied mux, dubbing (scenes at the cut, events = scene
+CLI (default and the ``reference`` switch), sampler-swap numerics, FLAC metadata, stream-copied mux, dubbing (scenes at the cut, events = scene
 lengths, byte-identical video, audio length = video length within one audio frame), continuation (length =
 input + story - crossfade, input kept, the Planner's own prompt), bad inputs, Cancel (/interrupt) and
 "Unload models" (/free).
@@ -205,22 +205,40 @@ def test_api_workflow_executes(comfy, executed, name):
     assert not list((comfy.root / "output").rglob("*.part*"))
 
 
-def test_reference_matches_cli(comfy, executed, shared_root, tmp_path):
-    import soundfile as sf
-
-    entry = executed["audiostory_text_to_long_audio"]
-    assert entry["status"]["status_str"] == "success", _error_of(entry)
-    wav = [f for f in _files(comfy, entry) if f.suffix == ".wav"][0]
-    out = tmp_path / "cli.wav"
-    env = dict(os.environ, AUDIOSTORY_CACHE=str(comfy.root / "cache"))
+def _cli_story(shared_root, env, out: Path, *extra) -> Path:
     subprocess.run([sys.executable, "-m", "audiostory_core", "generate", "--models", str(shared_root),
                     "--instruction", THUNDER, "--duration", "12", "--out", str(out), "--noise", "seeded", "--seed", "0",
-                    "--steps", "50", "--guidance", "4.0", "--quiet", "--dump", str(tmp_path / "dump")],
+                    "--steps", "50", "--guidance", "4.0", "--quiet", *extra],
                    cwd=str(ROOT), env=env, check=True, capture_output=True)
-    a, sra = sf.read(str(wav), dtype="float32")
-    b, srb = sf.read(str(out), dtype="float32")
-    assert sra == srb == 32000 and a.shape == b.shape
-    assert np.abs(a - b).max() == 0.0, f"node path differs from the CLI by {np.abs(a - b).max()}"
+    return out
+
+
+def test_default_and_reference_match_cli(comfy, shared_root, tmp_path):
+    """The shipped workflow (default: fast paths) equals the CLI's default run bit for bit; the same graph
+    with ``reference`` on (Planner, Sampler, Decode) equals ``generate --reference`` bit for bit; and the
+    two differ only by float rounding (the fast paths' tolerance, tests/test_fast_paths.py)."""
+    import soundfile as sf
+
+    def run(prefix: str, reference: bool) -> Path:
+        api = json.loads((API_DIR / "audiostory_text_to_long_audio.json").read_text())
+        if reference:
+            for node in ("2", "4", "5"):                  # Planner, Sampler, Decode
+                api[node]["inputs"]["reference"] = True
+        api["6"]["inputs"]["filename_prefix"] = f"audiostory/{prefix}"
+        entry = comfy.run(api)
+        assert entry["status"]["status_str"] == "success", _error_of(entry)
+        return [f for f in _files(comfy, entry) if f.suffix == ".wav"][0]
+
+    wav, ref_wav = run("default_switch", False), run("reference_switch", True)
+    env = dict(os.environ, AUDIOSTORY_CACHE=str(comfy.root / "cache"))
+    cli = _cli_story(shared_root, env, tmp_path / "cli.wav")
+    cli_ref = _cli_story(shared_root, env, tmp_path / "cli_ref.wav", "--reference")
+    (a, sra), (b, srb) = sf.read(str(wav), dtype="float32"), sf.read(str(cli), dtype="float32")
+    (ra, _), (rb, _) = sf.read(str(ref_wav), dtype="float32"), sf.read(str(cli_ref), dtype="float32")
+    assert sra == srb == 32000 and a.shape == b.shape == ra.shape == rb.shape
+    assert np.abs(a - b).max() == 0.0, f"default node path differs from the CLI by {np.abs(a - b).max()}"
+    assert np.abs(ra - rb).max() == 0.0, f"reference node path differs from --reference by {np.abs(ra - rb).max()}"
+    assert np.linalg.norm(a - ra) / np.linalg.norm(ra) < 1e-4
 
 
 def test_the_seed_widget_changes_the_story(comfy, executed):

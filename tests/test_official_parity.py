@@ -38,8 +38,11 @@ def test_batched_reference_sampler_matches_the_official_flux_t5(shared_pipeline)
 
 
 def test_the_fixture_story_still_gives_the_stored_fused_tokens(shared_pipeline):
-    res = shared_pipeline.plan("A fire truck leaves the station with sirens blaring.", 7.5)
-    toks = shared_pipeline.tokens(res)
+    from audiostory_core.pipeline import AudioStoryPipeline
+
+    official = AudioStoryPipeline(shared_pipeline.models, reference=True)   # --reference
+    res = official.plan("A fire truck leaves the station with sirens blaring.", 7.5)
+    toks = official.tokens(res)
     ref = load_file(str(DATA))
     assert res.plan.durations == [5.0, 2.5]
     assert torch.equal(ref["seconds"], torch.tensor([8.0, 2.5]))

@@ -46,6 +46,32 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="auto = fp16 on GPU (as the official code), fp32 on CPU")
     p.add_argument("--strict", action="store_true",
                    help="checkpoint keys that belong to no AudioStory module are an error (default: a warning)")
+    add_perf_args(p)
+
+
+def add_perf_args(p: argparse.ArgumentParser) -> None:
+    """Speed and memory switches (:class:`audiostory_core.perf.PerfOptions`): every command that loads models."""
+    from ..perf import ATTENTION_CHOICES
+
+    g = p.add_argument_group("speed and memory (default: every fast path; the compiled ones only on CUDA)")
+    g.add_argument("--reference", action="store_true",
+                   help="the official computation: token-by-token decode, eager DiT, one VAE call per clip")
+    g.add_argument("--low-vram", action="store_true",
+                   help="load on the host, keep only the running stage's model on the GPU, decode the VAE in chunks")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile + CUDA graphs for the decode and DiT steps (default: on, CUDA only; "
+                        "a failure falls back to eager with one warning)")
+    g.add_argument("--attention", choices=ATTENTION_CHOICES, default=None,
+                   help="DiT attention backend on CUDA (default: auto = SDPA's flash kernel in fp16/bf16; "
+                        "sdpa = PyTorch's own choice)")
+
+
+def perf_options(args):
+    """The :class:`PerfOptions` of the parsed speed switches (a contradiction is an InputError)."""
+    from ..perf import PerfOptions
+
+    return PerfOptions.from_flags(reference=getattr(args, "reference", False), compile=getattr(args, "compile", None),
+                                  attention=getattr(args, "attention", None))
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -83,10 +109,12 @@ def settings(args, **overrides) -> RenderSettings:
 
 
 def pipeline(args, planner=True, dit=True, vae=True):
-    """``AudioStoryPipeline.from_pretrained`` with the command's model arguments; load warnings on stderr."""
+    """``AudioStoryPipeline.from_pretrained`` with the command's model and speed arguments; load warnings on
+    stderr. Low-VRAM loads on the host and brings each stage's model to the device for its stage."""
     from ..pipeline import AudioStoryPipeline
 
-    pipe = AudioStoryPipeline.from_pretrained(model_paths(args), args.device, args.dtype, planner=planner, dit=dit,
+    pipe = AudioStoryPipeline.from_pretrained(model_paths(args), args.device, args.dtype, perf=perf_options(args),
+                                              low_vram=getattr(args, "low_vram", False), planner=planner, dit=dit,
                                               vae=vae, strict=getattr(args, "strict", False))
     for w in pipe.models.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -116,6 +144,7 @@ def check_args(args) -> None:
         v.check_instruction(args.instruction)
     if get("device") is not None:
         v.check_device(args.device)
+    perf_options(args)      # --reference with --compile/--attention is a contradiction
 
 
 def model_paths(args):

@@ -138,7 +138,8 @@ def cmd_dub(args) -> int:
             plan = given_plan
         else:
             plan = dubbing_plan(pipe.models.planner, scenes, args.brief, event_captions=args.event_captions,
-                                lead=lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks).plan
+                                lead=lead(args), max_new_tokens=args.max_new_tokens, hooks=hooks,
+                                plan_options=pipe.perf.plan_kwargs).plan
         res = dub_video(pipe, args.video, args.out, scenes, plan=plan, **settings(args).render_kwargs(),
                         existing_audio=args.existing_audio, mix_gain_db=args.mix_gain_db,
                         audio_codec=args.audio_codec, hooks=hooks)

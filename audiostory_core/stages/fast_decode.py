@@ -15,17 +15,20 @@ same thing, with three changes that are each switchable:
   the reference token sequence; hidden states differ only by float rounding (different matmul shapes).
 * ``static_cache``: a preallocated :class:`transformers.StaticCache` instead of ``DynamicCache``.
 * ``compile``: the one-token step and the two block shapes run through ``torch.compile`` with CUDA
-  graphs (``mode="reduce-overhead"``). Only on CUDA; on CPU this silently falls back to eager.
+  graphs (``mode="reduce-overhead"``). Only on CUDA; on CPU the step is eager. A compile or capture
+  failure falls back to eager once, with one warning (:mod:`.compile_fallback`).
 
 A *token source* replaces the argmax choice; :class:`ScriptedTokens` follows a fixed script, which
 lets a benchmark drive a random-weight LLM through a realistic story with the real decode loop.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import torch
 
+from .compile_fallback import EagerFallback, compile_applies, failed
 from .processors import apply_processors
 
 TokenSource = Callable[[torch.Tensor, list], int]
@@ -65,10 +68,6 @@ def penalise(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.
     return torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
 
 
-def cuda_compile_ok(device: torch.device) -> bool:
-    return torch.device(device).type == "cuda" and hasattr(torch, "compile")
-
-
 def _static_cache(cls, llm, max_len: int, device: torch.device):
     """A one-sequence ``StaticCache``. Older transformers (4.50) need the batch size, device and dtype up
     front (their default batch size is ``None``); newer ones allocate lazily and drop some of these
@@ -78,6 +77,12 @@ def _static_cache(cls, llm, max_len: int, device: torch.device):
     params = inspect.signature(cls.__init__).parameters
     extra = {"max_batch_size": 1, "device": device, "dtype": next(llm.parameters()).dtype}
     return cls(config=llm.config, max_cache_len=max_len, **{k: v for k, v in extra.items() if k in params})
+
+
+def _graph_step(fn: Callable, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """One CUDA-graph step; its output buffer is reused by the next replay, hence the copy."""
+    torch.compiler.cudagraph_mark_step_begin()
+    return fn(ids, pos).clone()
 
 
 class _Runner:
@@ -95,10 +100,12 @@ class _Runner:
         else:
             self.cache = DynamicCache()
         self.compiled = {}
-        if compile and static and cuda_compile_ok(self.dev):
+        if compile and static and compile_applies(self.dev) and not failed(llm):
             for k in sorted(set([1, *block_sizes])):
-                self.compiled[k] = torch.compile(self._forward, mode="reduce-overhead", fullgraph=True,
-                                                 dynamic=False)
+                fn = torch.compile(self._forward, mode="reduce-overhead", fullgraph=True, dynamic=False)
+                # a failed capture re-runs the step eagerly: it rewrites the same cache positions
+                self.compiled[k] = EagerFallback(llm, partial(_graph_step, fn), self._forward,
+                                                 "the compiled plan-decode step (torch.compile, CUDA graphs)")
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         out = self.llm.model(input_ids=ids, past_key_values=self.cache, cache_position=pos, use_cache=True)
@@ -118,8 +125,7 @@ class _Runner:
             pos = torch.arange(self.length, self.length + k, device=self.dev)
             fn = self.compiled.get(k)
             if fn is not None:
-                torch.compiler.cudagraph_mark_step_begin()
-                h = fn(ids, pos).clone()
+                h = fn(ids, pos)
             else:
                 h = self._forward(ids, pos)
         else:

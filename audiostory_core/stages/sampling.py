@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..progress import Hooks, as_hooks
+from .compile_fallback import EagerFallback, compile_applies, failed
 from ..validation import check_finite
 
 SEED_MODULUS = 2 ** 64   # clip i of noise=seeded uses (seed + i) mod 2**64 (torch seeds are 64-bit)
@@ -110,11 +111,11 @@ def sample_latents(dit, tokens: torch.Tensor, null_embedding: torch.Tensor, seco
                                       compile=compile, attention_backend=attention_backend)
         return out
     x = x.to(dit.device)
-    with _attention(attention_backend):
-        model = Denoiser(dit, tokens, null_embedding, seconds, guidance, forward=compiled_dit(dit, compile))
-        if sampler == "heun":
-            return _heun(model, x, steps, hooks)
-        return _loop(model, x, sampler, steps, dit.device, hooks)
+    model = Denoiser(dit, tokens, null_embedding, seconds, guidance,
+                     forward=dit_forward(dit, compile, attention_backend))
+    if sampler == "heun":
+        return _heun(model, x, steps, hooks)
+    return _loop(model, x, sampler, steps, dit.device, hooks)
 
 
 def _render_rows(render_events: Optional[Sequence[int]], previous: Optional[torch.Tensor], e: int,
@@ -152,7 +153,7 @@ def compiled_dit(dit, compile: Union[bool, str]) -> Optional[Callable]:
 
     Only on CUDA: on other devices None is returned and the reference eager forward is used.
     """
-    if not compile or dit.device.type != "cuda":
+    if not compile or not compile_applies(dit.device):
         return None
     mode = "reduce-overhead" if compile is True else str(compile)
     per = _COMPILED.setdefault(dit, {})
@@ -167,6 +168,40 @@ def compiled_dit(dit, compile: Union[bool, str]) -> Optional[Callable]:
 
         per[mode] = step
     return per[mode]
+
+
+AUTO_ATTENTION = "auto"
+
+
+def resolve_attention(backend: Optional[str], dit) -> Optional[str]:
+    """``auto``: diffusers' ``_native_flash`` (SDPA's flash kernel) on CUDA in fp16/bf16, else unchanged."""
+    if backend != AUTO_ATTENTION:
+        return backend or None
+    half = next(dit.parameters()).dtype in (torch.float16, torch.bfloat16)
+    return "_native_flash" if dit.device.type == "cuda" and half else None
+
+
+def dit_forward(dit, compile: Union[bool, str], attention_backend: Optional[str]) -> Optional[Callable]:
+    """The DiT step with the requested speed paths, or None for the reference eager forward.
+
+    A failure to compile, capture or run the attention backend falls back to the eager forward
+    (once, with one warning naming the cause: :mod:`.compile_fallback`).
+    """
+    if failed(dit):
+        return None
+    backend = resolve_attention(attention_backend, dit)
+    inner = compiled_dit(dit, compile)
+    if inner is None and backend is None:
+        return None
+    inner = inner or dit
+
+    def fast(*args):
+        with _attention(backend):
+            return inner(*args)
+
+    what = "the DiT step (" + ", ".join(x for x in ("torch.compile" if inner is not dit else "",
+                                                     f"attention {backend}" if backend else "") if x) + ")"
+    return EagerFallback(dit, fast, dit, what)
 
 
 @contextlib.contextmanager

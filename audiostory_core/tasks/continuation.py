@@ -426,7 +426,7 @@ def continue_audio(pipe, ctx: AudioContext, instruction: str, duration: float, *
     description = ctx.instruction_prefix + instruction
     pc = ctx.prompt_context(planner.tokenizer, build_instruction(description, duration, lead))
     res = generate_plan(planner, description, duration, lead=lead, max_new_tokens=max_new_tokens,
-                        context=pc, hooks=hooks)
+                        context=pc, hooks=hooks, **pipe.perf.plan_kwargs)
     if not res.plan.events:
         from ..errors import PlanError
 

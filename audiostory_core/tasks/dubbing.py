@@ -110,8 +110,10 @@ class DubbingPlan:
 
 def dubbing_plan(planner, scenes: SceneList, brief: str = "", *, event_captions: str = "auto",
                  lead: str = "", max_new_tokens: Optional[int] = None,
-                 hooks: Optional[Hooks] = None) -> DubbingPlan:
-    """Plan the soundtrack of ``scenes``: generate with the reference prompt, then force the scene timing."""
+                 hooks: Optional[Hooks] = None, plan_options: Optional[dict] = None) -> DubbingPlan:
+    """Plan the soundtrack of ``scenes``: generate with the reference prompt, then force the scene timing.
+
+    ``plan_options``: the decode speed paths (``PerfOptions.plan_kwargs``); None = the reference loop."""
     if not scenes.scenes:
         raise InputError("The video has no scene.")
     missing = [i + 1 for i, s in enumerate(scenes.scenes) if not s.caption.strip()]
@@ -120,7 +122,7 @@ def dubbing_plan(planner, scenes: SceneList, brief: str = "", *, event_captions:
     description = describe_scenes(brief, scenes)
     total = instruction_total(scenes.duration)
     res = generate_plan(planner, description, total, lead=lead, max_new_tokens=max_new_tokens,
-                        keep_hidden=False, hooks=hooks)
+                        keep_hidden=False, hooks=hooks, **(plan_options or {}))
     plan = force_scene_events(res.plan, scenes, event_captions)
     plan.total_duration = scenes.duration
     return DubbingPlan(plan=plan, description=description, generated_events=len(res.plan.events))
@@ -201,7 +203,7 @@ def dub_video(pipe, video: Union[str, Path], out: Union[str, Path], scenes: Scen
         raise InputError("The output must not overwrite the input video.")
     if plan is None:
         plan = dubbing_plan(pipe.models.planner, scenes, brief, event_captions=event_captions, lead=lead,
-                            max_new_tokens=max_new_tokens, hooks=hooks).plan
+                            max_new_tokens=max_new_tokens, hooks=hooks, plan_options=pipe.perf.plan_kwargs).plan
     check_plan_fits(plan, scenes, pipe.max_clip_seconds, crossfade)
     track = render_soundtrack(pipe, plan, scenes.duration, crossfade=crossfade, steps=steps, guidance=guidance,
                               noise=noise, seed=seed, sampler=sampler, sample_rate=sample_rate,
