@@ -31,7 +31,7 @@ def cmd_reroll(args, pipeline: Callable, write_dump: Callable) -> int:
     from ..stages.audio import write_audio
     from ..stages.plan import StoryPlan
     from ..tasks.reroll import dump_settings, edited_events, format_events, parse_events, read_dump, reroll
-    from .common import tqdm_hooks
+    from .common import output_level, tqdm_hooks
 
     if not args.reuse or args.reroll is None:
         raise InputError("A re-roll needs both --reuse DUMP_DIR (a --dump folder) and --reroll EVENTS (e.g. 2,4).")
@@ -67,7 +67,7 @@ def cmd_reroll(args, pipeline: Callable, write_dump: Callable) -> int:
                              args.crossfade_curve)
     if args.dump:
         write_dump(Path(args.dump), res, _audio_name(out), settings)
-    write_audio(out, res.audio, res.sample_rate)
+    write_audio(out, output_level(args, res.audio, res.sample_rate), res.sample_rate)
     print(f"re-rendered events {format_events(render)} (seed {seed}, {steps} steps); kept "
           f"{len(plan.events) - len(render)} events; wrote {out}", file=sys.stderr)
     if args.score:
