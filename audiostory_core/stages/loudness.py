@@ -18,6 +18,7 @@ from ..errors import InputError
 # Accepted targets (LUFS) and ceilings (dBTP); the CLI and the save node take their ranges from here.
 LOUDNESS_RANGE = (-70.0, -5.0)
 TRUE_PEAK_RANGE = (-20.0, 0.0)
+LOUDNESS_OFF = 0.0                 # the save node's "leave the level as it is" value (not a valid target)
 DEFAULT_TRUE_PEAK = -1.0            # EBU R128 / streaming services' ceiling
 TRUE_PEAK_RATE = 192_000           # BS.1770-4 Annex 2: 4x oversampling of 48 kHz; lower rates go at least as high
 
