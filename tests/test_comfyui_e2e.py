@@ -495,3 +495,14 @@ def test_save_normalizes_the_loudness_measured_by_ffmpeg(comfy, fmt):
     assert abs(loud - (-20.0)) <= 0.5, loud
     if fmt == "wav":                                           # a lossy codec may overshoot its input's peak
         assert peak <= -1.0, peak
+
+
+def test_event_tokens_says_which_events_were_re_encoded(comfy, executed):
+    hand_written = executed["audiostory_plan_editing"]            # a plan typed into Plan from JSON
+    assert hand_written["status"]["status_str"] == "success", _error_of(hand_written)
+    assert _ui_text(hand_written, "3").startswith(
+        "plan: events re-encoded: 1 (no generated tokens (a new or hand-written event)), 2 (no generated tokens")
+    generated = executed["audiostory_text_to_long_audio"]         # the Planner's own plan, unedited
+    tokens_node = next(k for k, v in json.loads((API_DIR / "audiostory_text_to_long_audio.json").read_text()).items()
+                       if v["class_type"] == "AudioStoryEventTokens")
+    assert _ui_text(generated, tokens_node) == "plan: as generated; every event keeps the states captured while planning"

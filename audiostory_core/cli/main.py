@@ -126,6 +126,11 @@ def cmd_generate(args) -> int:
         close()
     for p in res.problems:
         print(f"warning: {p}", file=sys.stderr)
+    if plan is not None:               # which events of the given plan got new conditioning, and why
+        from ..stages.event_tokens import reencoding_reasons
+        from ..stages.plan import describe_reencoding
+
+        print(describe_reencoding(reencoding_reasons(pipe.models.planner, plan)), file=sys.stderr)
     out = Path(args.out)
     if args.dump:
         from ..tasks.reroll import dump_settings
