@@ -1,4 +1,4 @@
-"""Decode and save nodes: latents -> clips -> the crossfaded story -> WAV/FLAC in the output folder."""
+"""Decode and save nodes: latents -> clips -> the crossfaded story -> WAV/FLAC/MP3/Opus in the output folder."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import comfy.model_management as mm
 import folder_paths
+import torch
 from comfy_api.latest import io, ui
 
 from ..audiostory_core.errors import InputError
@@ -15,6 +16,8 @@ from ..audiostory_core.stages.audio import crossfade_concat, resample, write_aud
 from ..audiostory_core.stages.event_tokens import clip_seconds
 from ..audiostory_core.models.config import HOP
 from ..audiostory_core.stages.fast_vae import DEFAULT_OVERLAP
+from ..audiostory_core.stages.loudness import (DEFAULT_TRUE_PEAK, LOUDNESS_OFF, LOUDNESS_RANGE, TRUE_PEAK_RANGE,
+                                               full_scale_note, normalize_loudness)
 from .common import CATEGORY, Events, comfy_low_vram, make_hooks, node_perf, reference_input, reference_numerics
 from .widgets import setting_input
 from .input_checks import sample_rate_problem
@@ -98,6 +101,12 @@ def decode_with_vae(vae, latent, seconds, sample_rate: int, hooks, together: boo
     return clips
 
 
+# Lossy formats are written by ComfyUI core's audio save helper (its encoder settings, metadata and player).
+CORE_SAVE_FORMATS = ("mp3", "opus")
+# core's quality choices: mp3 takes V0/128k/320k, opus 64k-320k (another choice keeps the encoder's default)
+CORE_QUALITIES = ("V0", "64k", "96k", "128k", "192k", "320k")
+
+
 class AudioStorySaveAudio(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -105,14 +114,28 @@ class AudioStorySaveAudio(io.ComfyNode):
             node_id="AudioStorySaveAudio",
             display_name="AudioStory Save Audio",
             category=CATEGORY,
-            description="Saves WAV (32-bit float) or FLAC (24-bit, with the workflow embedded so the file can be "
-                        "dropped back onto ComfyUI) into the output folder.",
+            description="Saves WAV (32-bit float), FLAC (24-bit, with the workflow embedded so the file can be "
+                        "dropped back onto ComfyUI), MP3 or Opus (ComfyUI core's encoder and metadata) into the "
+                        "output folder, optionally normalized to an EBU R128 loudness under a true-peak ceiling.",
             inputs=[
                 io.Audio.Input("audio"),
                 io.String.Input("filename_prefix", default="audio/AudioStory",
                                 tooltip="Sub-folder/name inside the ComfyUI output folder."),
-                io.Combo.Input("format", options=list(SAVE_FORMATS), default="flac",
-                               tooltip="flac carries the workflow in its tags; WAV cannot."),
+                io.Combo.Input("format", options=list(SAVE_FORMATS) + list(CORE_SAVE_FORMATS), default="flac",
+                               tooltip="flac, mp3 and opus carry the workflow in their tags; WAV cannot."),
+                # new inputs go last (saved workflows keep their widget values by position)
+                io.Combo.Input("quality", options=list(CORE_QUALITIES), default="128k", optional=True,
+                               tooltip="mp3: V0, 128k or 320k; opus: 64k to 320k (ComfyUI core's settings). "
+                                       "Ignored for wav and flac."),
+                io.Float.Input("loudness_lufs", default=LOUDNESS_OFF, min=LOUDNESS_RANGE[0], max=LOUDNESS_OFF,
+                               step=0.5, optional=True,
+                               tooltip=f"{LOUDNESS_OFF:g} = the level as generated. Otherwise the EBU R128 "
+                                       f"integrated loudness to reach ({LOUDNESS_RANGE[0]:g} to "
+                                       f"{LOUDNESS_RANGE[1]:g} LUFS; e.g. -16 streaming, -23 broadcast)."),
+                io.Float.Input("true_peak_dbtp", default=DEFAULT_TRUE_PEAK, min=TRUE_PEAK_RANGE[0],
+                               max=TRUE_PEAK_RANGE[1], step=0.1, optional=True,
+                               tooltip="With a loudness target: the true-peak ceiling; the gain stops there, "
+                                       "even under the target."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
@@ -131,14 +154,45 @@ class AudioStorySaveAudio(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, audio, filename_prefix, format) -> io.NodeOutput:
+    def execute(cls, audio, filename_prefix, format, quality="128k", loudness_lufs=LOUDNESS_OFF,
+                true_peak_dbtp=DEFAULT_TRUE_PEAK) -> io.NodeOutput:
         """Writes the files and returns the same UI payload as core SaveAudio (``{"audio": [...]}``), which the
         pack's web extension (web/audiostory.js) plays in an audio widget on the node."""
         check_texts(filename_prefix=filename_prefix)
         from comfy.cli_args import args
 
+        audio = output_level(audio, loudness_lufs, true_peak_dbtp)
+        if format in CORE_SAVE_FORMATS:
+            if quality not in CORE_QUALITIES:
+                raise InputError(f"quality must be one of {CORE_QUALITIES}, got {quality!r}")
+            return io.NodeOutput(ui=ui.SavedAudios(ui.AudioSaveHelper.save_audio(
+                audio, filename_prefix=safe_prefix(filename_prefix), folder_type=io.FolderType.output, cls=cls,
+                format=format, quality=quality)))
         meta = {} if args.disable_metadata else workflow_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo)
         return io.NodeOutput(ui=ui.SavedAudios(save_audio_files(audio, filename_prefix, format, meta)))
+
+
+def output_level(audio, loudness_lufs: float, true_peak_dbtp: float):
+    """The AUDIO to save: each batch item normalized when a loudness is set; notes go to the log."""
+    if not isinstance(audio, dict) or "waveform" not in audio:
+        raise InputError("audio is not an AUDIO value.")
+    sr = int(audio["sample_rate"])
+    waves = audio["waveform"].cpu().float()
+    if loudness_lufs != LOUDNESS_OFF:
+        items = []
+        for b, wave in enumerate(waves):
+            res = normalize_loudness(wave, sr, loudness_lufs, true_peak_dbtp)
+            for note in res.notes:
+                log.warning("AudioStory Save Audio, item %d: %s", b, note)
+            log.info("AudioStory Save Audio, item %d: loudness %.1f -> %.1f LUFS, true peak %.1f dBTP", b,
+                     res.loudness_before, res.loudness_after, res.true_peak_after)
+            items.append(res.audio)
+        waves = torch.stack(items)
+        audio = {**audio, "waveform": waves}
+    note = full_scale_note(waves)
+    if note:
+        log.warning("AudioStory Save Audio: %s", note)
+    return audio
 
 
 def save_audio_files(audio, filename_prefix: str, format: str, meta: dict) -> list:

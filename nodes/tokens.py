@@ -1,6 +1,7 @@
 """Event-token and consistency-memory nodes: a plan -> fused DiT conditioning, remembered across chapters."""
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.model_management as mm
@@ -9,8 +10,8 @@ from comfy_api.latest import io, ui
 
 from ..audiostory_core.errors import InputError
 from ..audiostory_core.validation import check_texts
-from ..audiostory_core.stages.event_tokens import event_tokens
-from ..audiostory_core.stages.plan import PlanResult
+from ..audiostory_core.stages.event_tokens import event_tokens, reencoding_reasons
+from ..audiostory_core.stages.plan import PlanResult, describe_reencoding
 from ..audiostory_core.tasks.memory import StoryMemory, fuse_with_memory, with_history
 from . import comfy_models as cm
 from .common import CATEGORY, Events, Memory, Plan, Planner, make_hooks, reference_numerics
@@ -19,6 +20,9 @@ from .input_checks import check_clip_lengths
 from .layout import conditioning_pair, empty_latent
 from .story_memory import MEMORY_MODES, memory_file, memory_for
 from .values import EventsBundle, PlanBundle
+
+
+log = logging.getLogger("AudioStory")
 
 
 class AudioStoryEventTokens(io.ComfyNode):
@@ -54,13 +58,15 @@ class AudioStoryEventTokens(io.ComfyNode):
     @classmethod
     @reference_numerics
     def execute(cls, planner, plan, crossfade, memory=None) -> io.NodeOutput:
-        events, new_memory = encode_events(planner, plan, float(crossfade), memory, cls.hidden.unique_id)
+        events, new_memory, report = encode_events(planner, plan, float(crossfade), memory, cls.hidden.unique_id)
         pos, neg = conditioning_pair(events)
-        return io.NodeOutput(events, pos, neg, new_memory, empty_latent(events))
+        log.info("AudioStory Event Tokens: %s", report)
+        return io.NodeOutput(events, pos, neg, new_memory, empty_latent(events), ui=ui.PreviewText(report))
 
 
-def encode_events(planner, plan, crossfade: float, memory, node_id) -> tuple[EventsBundle, StoryMemory]:
-    """Plan -> fused event tokens (memory-attended when a memory is connected) and the extended memory.
+def encode_events(planner, plan, crossfade: float, memory, node_id) -> tuple[EventsBundle, StoryMemory, str]:
+    """Plan -> fused event tokens (memory-attended when a memory is connected), the extended memory, and
+    one line saying which events were re-encoded and why.
 
     An unedited plan reuses the query states captured while planning, so only the small bridge heads are
     loaded; otherwise the LLM re-encodes it by teacher forcing (loaded through the memory manager)."""
@@ -74,6 +80,12 @@ def encode_events(planner, plan, crossfade: float, memory, node_id) -> tuple[Eve
         context = with_history(pl.tokenizer, pl.ids, memory, story.instruction, None)
         generated = None  # the plan was generated without this memory: re-encode it with the memory prompt
     reuse = generated is not None and generated.plan is story and generated.hidden is not None
+    if reuse:
+        report = "plan: as generated; every event keeps the states captured while planning"
+    elif plan.context is None and context is not None:
+        report = "plan: every event re-encoded: the memory of earlier chapters is part of its prompt"
+    else:
+        report = describe_reencoding(reencoding_reasons(pl, story, context))
     if reuse:
         cm.load([planner.heads_patcher])
         generated = PlanResult(plan=story, prompt_ids=generated.prompt_ids, hidden=generated.hidden.to(pl.device))
@@ -92,7 +104,7 @@ def encode_events(planner, plan, crossfade: float, memory, node_id) -> tuple[Eve
                           crossfade=crossfade, audio_seq_len=planner.audio_seq_len, plan=story,
                           vae_sample_rate=planner.vae_sample_rate)
     new_memory = (memory if memory is not None else StoryMemory()).add_chapter(story, tokens.semantic, tokens.residual)
-    return events, new_memory
+    return events, new_memory, report
 
 
 class AudioStoryConsistencyMemory(io.ComfyNode):

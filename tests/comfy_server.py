@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -45,13 +46,55 @@ def comfyui_dir() -> Path:
     return (REPO.parent / "shared" / "vendor" / "ComfyUI").resolve()
 
 
+def comfyui_missing_requirements(root: Path) -> list[str]:
+    """The lines of ComfyUI's ``requirements.txt`` whose distribution is not installed in this Python.
+
+    ComfyUI imports all of them at start-up (``main.py`` alone is not enough: without ``einops`` every
+    server test errors), so each one is checked by its distribution name and version.
+    """
+    import importlib.metadata as md
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    missing = []
+    for line in (root / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            missing.append(line)
+            continue
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            version = md.version(req.name)
+        except md.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if req.specifier and not req.specifier.contains(version, prereleases=True):
+            missing.append(f"{line} (installed: {version})")
+    return missing
+
+
 def comfyui_missing_hint() -> str:
-    return (f"ComfyUI >= 0.8 at {comfyui_dir()} (set COMFYUI_DIR, or put ComfyUI 0.8.0 at ../shared/vendor/ComfyUI; "
-            "see DEVELOPERS.md)")
+    root = comfyui_dir()
+    if not (root / "main.py").is_file():
+        where = shlex.quote(str(root))
+        return (f"ComfyUI >= 0.8 at {root}: git clone --depth 1 --branch v0.8.0 "
+                f"https://github.com/comfyanonymous/ComfyUI {where} && python -m pip install -r {where}/requirements.txt "
+                "(or set COMFYUI_DIR to a ComfyUI 0.8 folder; see DEVELOPERS.md)")
+    missing = comfyui_missing_requirements(root)
+    return (f"ComfyUI's requirements {', '.join(missing)}: "
+            f"python -m pip install -r {shlex.quote(str(root / 'requirements.txt'))}")
 
 
 def comfyui_available() -> bool:
-    return (comfyui_dir() / "main.py").is_file()
+    """ComfyUI's tree is there and every requirement it imports is installed."""
+    root = comfyui_dir()
+    return (root / "main.py").is_file() and (root / "requirements.txt").is_file() \
+        and not comfyui_missing_requirements(root)
 
 
 def tool(name: str):

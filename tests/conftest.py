@@ -62,11 +62,27 @@ SHARED_DIR = _shared_dir()
 SHARED_FIXTURE = _shared_fixture()
 
 
+# Modules that start a real ComfyUI or Chromium, run torchrun, the benchmarks or many full renders: the
+# ``slow`` marker. ``python -m pytest -q -m "not slow"`` is the quick subset (README, Tests).
+SLOW_MODULES = frozenset({
+    "test_comfyui_e2e", "test_comfyui_native", "test_browser", "test_reroll_comfyui",   # a real ComfyUI
+    "test_batch", "test_fast_paths", "test_reroll", "test_continuation", "test_video_dubbing",
+    "test_release_variants",
+})
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "ci_may_skip(reason): a skip CI cannot avoid (e.g. needs a CUDA GPU)")
+    config.addinivalue_line("markers", "slow: part of the full suite only; -m \"not slow\" is the quick subset")
     # Caches (null embedding, converted weights) go to a temporary folder, never into ../shared.
     if not os.environ.get("AUDIOSTORY_CACHE"):
         os.environ["AUDIOSTORY_CACHE"] = tempfile.mkdtemp(prefix="audiostory-test-cache-")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -475,3 +475,68 @@ def test_unload_models_frees_them(comfy):
     assert comfy.run(_reference_prompt(seed=103))["status"]["status_str"] == "success"
     assert comfy.run(_reference_prompt(seed=104))["status"]["status_str"] == "success"
     assert log_count() > before, "models were not unloaded by /free"
+
+
+# ---------------------------------------------------------------- save: formats and loudness
+def _save_prompt(fmt: str, prefix: str, **level) -> dict:
+    return {"1": {"class_type": "LoadAudio", "inputs": {"audio": "audiostory_continue_example.wav"}},
+            "2": {"class_type": "AudioStorySaveAudio",
+                  "inputs": {"audio": ["1", 0], "filename_prefix": prefix, "format": fmt, **level}}}
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus"])
+def test_save_writes_mp3_and_opus_through_core_with_its_metadata(comfy, fmt):
+    import av
+
+    entry = comfy.run(_save_prompt(fmt, f"audiostory/save_{fmt}", quality="128k"),
+                      {"extra_pnginfo": {"workflow": {"nodes": [{"id": 2}]}}})
+    assert entry["status"]["status_str"] == "success", _error_of(entry)
+    (path,) = _files(comfy, entry)
+    assert path.suffix == f".{fmt}" and path.is_file()
+    assert entry["outputs"]["2"]["audio"][0]["type"] == "output"     # core's SavedResult: the player plays it
+    with av.open(str(path)) as c:
+        tags = {k.lower(): v for k, v in c.metadata.items()}
+        if not tags:                                                # Ogg keeps tags on the stream
+            tags = {k.lower(): v for k, v in c.streams.audio[0].metadata.items()}
+        rate = c.streams.audio[0].rate
+    assert json.loads(tags["prompt"])["2"]["class_type"] == "AudioStorySaveAudio"
+    assert json.loads(tags["workflow"])["nodes"]
+    assert rate == (48000 if fmt == "opus" else EXAMPLE_AUDIO_RATE)
+
+
+def _decode(path: Path) -> tuple[torch.Tensor, int]:
+    """[C, S] float samples and the rate of an audio file, decoded by FFmpeg (PyAV)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        rate, channels, planar = stream.rate, stream.channels, stream.format.is_planar
+        data = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=-1)
+    if not planar:                                             # packed: [1, S*C] interleaved
+        data = data.reshape(-1, channels).T
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), rate
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3"])
+def test_save_normalizes_the_loudness_measured_by_ffmpeg(comfy, fmt):
+    from test_loudness import ffmpeg_r128
+
+    entry = comfy.run(_save_prompt(fmt, f"audiostory/loud_{fmt}", loudness_lufs=-20.0, true_peak_dbtp=-1.0))
+    assert entry["status"]["status_str"] == "success", _error_of(entry)
+    (path,) = _files(comfy, entry)
+    loud, peak = ffmpeg_r128(*_decode(path))
+    assert abs(loud - (-20.0)) <= 0.5, loud
+    if fmt == "wav":                                           # a lossy codec may overshoot its input's peak
+        assert peak <= -1.0, peak
+
+
+def test_event_tokens_says_which_events_were_re_encoded(comfy, executed):
+    hand_written = executed["audiostory_plan_editing"]            # a plan typed into Plan from JSON
+    assert hand_written["status"]["status_str"] == "success", _error_of(hand_written)
+    assert _ui_text(hand_written, "3").startswith(
+        "plan: events re-encoded: 1 (no generated tokens (a new or hand-written event)), 2 (no generated tokens")
+    generated = executed["audiostory_text_to_long_audio"]         # the Planner's own plan, unedited
+    tokens_node = next(k for k, v in json.loads((API_DIR / "audiostory_text_to_long_audio.json").read_text()).items()
+                       if v["class_type"] == "AudioStoryEventTokens")
+    assert _ui_text(generated, tokens_node) == "plan: as generated; every event keeps the states captured while planning"

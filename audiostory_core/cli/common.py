@@ -8,7 +8,8 @@ from ..settings import DECODE_KEYS, RENDER_KEYS, SETTINGS, RenderSettings
 
 
 def tqdm_hooks(enabled: bool = True):
-    """Hooks that draw one tqdm bar per stage on stderr."""
+    """Hooks that draw one progress line per stage on stderr: a new stage closes the one before, so
+    bars never nest and each finished stage leaves one line."""
     from tqdm import tqdm
 
     from ..progress import Hooks
@@ -20,7 +21,9 @@ def tqdm_hooks(enabled: bool = True):
             return
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, leave=False, file=sys.stderr)
+            for other in bars.values():
+                other.close()
+            bar = bars[stage] = tqdm(total=total, desc=stage, leave=True, file=sys.stderr)
         bar.total = total
         bar.n = done
         bar.refresh()
@@ -106,6 +109,42 @@ def settings(args, **overrides) -> RenderSettings:
     """The command's settings (arguments it lacks keep their defaults; ``overrides`` win)."""
     values = {name: getattr(args, name) for name in SETTINGS if getattr(args, name, None) is not None}
     return RenderSettings(**{**values, **overrides})
+
+
+def add_loudness_args(p: argparse.ArgumentParser) -> None:
+    """Output level options (off by default: the reference level is written unchanged)."""
+    from ..stages.loudness import DEFAULT_TRUE_PEAK, LOUDNESS_RANGE, TRUE_PEAK_RANGE
+
+    p.add_argument("--loudness", type=float, metavar="LUFS",
+                   help=f"normalize the written audio to this EBU R128 integrated loudness ({LOUDNESS_RANGE[0]:g} "
+                        f"to {LOUDNESS_RANGE[1]:g}; e.g. -16 streaming, -23 broadcast). Default: the level as generated")
+    p.add_argument("--true-peak", type=float, default=DEFAULT_TRUE_PEAK, metavar="dBTP",
+                   help=f"true-peak ceiling for --loudness ({TRUE_PEAK_RANGE[0]:g} to {TRUE_PEAK_RANGE[1]:g}; "
+                        f"default {DEFAULT_TRUE_PEAK:g}): the gain stops there, even under the target")
+
+
+def check_loudness(args) -> None:
+    if getattr(args, "loudness", None) is not None:
+        from ..stages.loudness import check_loudness_args
+
+        check_loudness_args(args.loudness, args.true_peak)
+
+
+def output_level(args, audio, sample_rate: int):
+    """The audio to write: ``--loudness`` applied (with what it did), and a note if it exceeds full scale."""
+    from ..stages.loudness import full_scale_note, normalize_loudness
+
+    if getattr(args, "loudness", None) is not None:
+        res = normalize_loudness(audio, sample_rate, args.loudness, args.true_peak)
+        for note in res.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"loudness {res.loudness_before:.1f} -> {res.loudness_after:.1f} LUFS, true peak "
+              f"{res.true_peak_after:.1f} dBTP (gain {res.gain_db:+.1f} dB)", file=sys.stderr)
+        audio = res.audio
+    note = full_scale_note(audio)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return audio
 
 
 def pipeline(args, planner=True, dit=True, vae=True):

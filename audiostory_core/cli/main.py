@@ -1,7 +1,8 @@
-"""Headless command line: ``python -m audiostory_core generate|plan|download ...``."""
+"""Headless command line: ``python -m audiostory_core generate|plan|download ...`` (installed: ``audiostory ...``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import AudioStoryError, GenerationInterrupted
-from .common import (add_model_args, add_plan_args, add_render_args, add_setting_arg, check_args, clip_window, lead,
-                     pipeline, read_plan, settings, tqdm_hooks)
+from .common import (add_loudness_args, add_model_args, add_plan_args, add_render_args, add_setting_arg, check_args,
+                     check_loudness, clip_window, lead, output_level, pipeline, read_plan, settings, tqdm_hooks)
 from .media import COMMANDS as _MEDIA_COMMANDS, add_parsers as _add_media_parsers  # dub, continue
 from .batch import COMMANDS as _BATCH_COMMANDS, add_parser as _add_batch_parser  # batch
 from .reroll import add_reroll_args, cmd_reroll, score_generated  # generate --reuse/--reroll/--score
@@ -20,7 +21,9 @@ from .score import COMMANDS as _SCORE_COMMANDS, add_parser as _add_score_parser 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m audiostory_core", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m audiostory_core", description=__doc__,
+                                 epilog="Anywhere on the command line: --verbose shows the libraries' warnings "
+                                        "(hidden by default), --debug the traceback of an unexpected error.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="instruction -> long audio")
@@ -29,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output .wav or .flac")
     g.add_argument("--plan", help="use this plan JSON (edited or hand-written) instead of planning")
     add_render_args(g)
+    add_loudness_args(g)
     g.add_argument("--dump", help="also write plan.json, tokens.safetensors, latents.safetensors and the wav here")
     add_reroll_args(g)
 
@@ -90,6 +94,7 @@ def check_generate_args(args):
                               clip_problems)
 
     check_args(args)
+    check_loudness(args)
     inputs = [args.plan]
     out = check_output_file(args.out, formats=AUDIO_FORMATS, inputs=inputs, what="--out")
     check_outside_input_folder(out, args.reuse, "--out", "the --reuse folder")
@@ -149,6 +154,11 @@ def cmd_generate(args) -> int:
         close()
     for p in res.problems:
         print(f"warning: {p}", file=sys.stderr)
+    if plan is not None:               # which events of the given plan got new conditioning, and why
+        from ..stages.event_tokens import reencoding_reasons
+        from ..stages.plan import describe_reencoding
+
+        print(describe_reencoding(reencoding_reasons(pipe.models.planner, plan)), file=sys.stderr)
     out = Path(args.out)
     if args.dump:
         from dataclasses import replace
@@ -157,7 +167,7 @@ def cmd_generate(args) -> int:
 
         _write_dump(Path(args.dump), res, _dump_audio_name(out),
                     dump_settings(replace(s, sample_rate=res.sample_rate)))
-    write_audio(out, res.audio, res.sample_rate)
+    write_audio(out, output_level(args, res.audio, res.sample_rate), res.sample_rate)
     n = res.audio.shape[-1]
     print(f"wrote {out} ({n / res.sample_rate:.2f} s, {res.sample_rate} Hz, {len(res.plan.events)} events)",
           file=sys.stderr)
@@ -223,17 +233,44 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+# Dependency chatter a user cannot act on (deprecation notices, load reports); ``--verbose`` shows it.
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TOKENIZERS_PARALLELISM": "false"}
+QUIET_WARNING_MODULES = r"(torch|torchaudio|transformers|diffusers|huggingface_hub|accelerate|peft)(\.|$)"
+
+
+def quiet_dependencies(command: str) -> None:
+    """Silence the libraries' warnings and their own progress bars (the CLI draws one line per stage).
+
+    Set before the libraries are imported (they read the environment once). ``download`` keeps the
+    Hugging Face download bars: they are its progress.
+    """
+    import warnings
+
+    env = dict(QUIET_ENV)
+    if command != "download":
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=QUIET_WARNING_MODULES)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run one command. Exit codes: 0 done, 2 a user error (one ``error:`` line, nothing written),
     130/143 interrupted by Ctrl-C/SIGTERM (nothing written), 1 an unexpected failure (a bug:
-    ``--debug`` anywhere on the command line shows its traceback)."""
+    ``--debug`` anywhere on the command line shows its traceback; ``--verbose`` the libraries'
+    warnings, hidden by default)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:        # argparse already printed the usage and the problem
         return int(e.code or 0)
+    if not verbose:
+        quiet_dependencies(args.command)
     try:
         with sigterm_interrupts():
             return COMMANDS[args.command](args)

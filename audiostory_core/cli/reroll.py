@@ -31,7 +31,7 @@ def cmd_reroll(args, pipeline: Callable, write_dump: Callable) -> int:
     """Re-render ``--reroll`` events of the ``--reuse`` dump and write the restitched story."""
     from ..stages.audio import write_audio
     from ..tasks.reroll import dump_settings, edited_events, format_events, parse_events, read_dump, reroll
-    from .common import read_plan, settings, tqdm_hooks
+    from .common import output_level, read_plan, settings, tqdm_hooks
 
     if not args.reuse or args.reroll is None:
         raise InputError("A re-roll needs both --reuse DUMP_DIR (a --dump folder) and --reroll EVENTS (e.g. 2,4).")
@@ -61,7 +61,7 @@ def cmd_reroll(args, pipeline: Callable, write_dump: Callable) -> int:
     out = Path(args.out)
     if args.dump:
         write_dump(Path(args.dump), res, _audio_name(out), dump_settings(replace(s, sample_rate=res.sample_rate)))
-    write_audio(out, res.audio, res.sample_rate)
+    write_audio(out, output_level(args, res.audio, res.sample_rate), res.sample_rate)
     print(f"re-rendered events {format_events(render)} (seed {seed}, {s.steps} steps); kept "
           f"{len(plan.events) - len(render)} events; wrote {out}", file=sys.stderr)
     if args.score:

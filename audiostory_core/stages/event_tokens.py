@@ -46,6 +46,13 @@ def teacher_forced_states(planner, plan: StoryPlan, hooks: Optional[Hooks] = Non
     return sem, res
 
 
+def reencoding_reasons(planner, plan: StoryPlan, context: Optional[PromptContext] = None) -> list[str]:
+    """Per event, why teacher forcing gives it new states ("" = its generated tokens in their generated
+    context); tokenization only, no forward pass."""
+    prompt = context.prompt_ids if context is not None else prompt_ids_for(planner.tokenizer, plan.instruction)
+    return forced_sequence(planner.tokenizer, planner.ids, plan, prompt).reasons
+
+
 def generated_states(result: PlanResult, planner) -> tuple[torch.Tensor, torch.Tensor]:
     """States captured during generation, indexed like the official code.
 

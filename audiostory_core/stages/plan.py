@@ -254,6 +254,22 @@ class ForcedSequence:
     semantic_pos: list[list[int]]  # per event, the N input positions of <t5_k>
     residual_pos: list[list[int]]
     reused: bool                   # True when the generated transcript was reused verbatim
+    # per event, why its query states differ from the generated ones ("" = same tokens, same context)
+    reasons: list[str] = field(default_factory=list)
+
+    def reencoded(self) -> list[tuple[int, str]]:
+        """(0-based event, reason) for every event whose conditioning is computed anew."""
+        return [(i, r) for i, r in enumerate(self.reasons) if r]
+
+
+def _edit_reason(ev: StoryEvent) -> str:
+    """Why an event's own tokens are rebuilt from its caption and duration."""
+    if ev.span is None or ev.text is None:
+        return "no generated tokens (a new or hand-written event)"
+    cap, dur = split_caption(ev.text)
+    what = [w for w, changed in (("caption", cap != ev.caption),
+                                 ("duration", dur is None or float(dur) != float(ev.duration))) if changed]
+    return f"{' and '.join(what)} edited" if what else "its text no longer matches its generated tokens"
 
 
 def _event_is_unedited(ev: StoryEvent, transcript: list[int], tok, ids: TokenIds) -> bool:
@@ -291,6 +307,7 @@ def forced_sequence(tokenizer, ids: TokenIds, plan: StoryPlan, prompt: list[int]
     if spans_ok and reasoning_ok:
         body = tr[: plan.events[-1].span[1]]
         reused = True
+        reasons = [""] * len(plan.events)
     else:
         if reasoning_ok:
             first_gen = plan.events[0].span[0] if flags[0] else (tr.index(ids.gen_open) if ids.gen_open in tr else think + 1)
@@ -307,6 +324,7 @@ def forced_sequence(tokenizer, ids: TokenIds, plan: StoryPlan, prompt: list[int]
                         + ids.semantic_block() + ids.residual_block() + [ids.gen_close])
             body = body + span
         reused = False
+        reasons = _reasons(plan, flags, body, tr, think, reasoning_ok, ids)
     full = list(prompt) + list(body)
     sem, res = [], []
     n, m = ids.n_semantic, ids.n_residual
@@ -332,4 +350,40 @@ def forced_sequence(tokenizer, ids: TokenIds, plan: StoryPlan, prompt: list[int]
             a = o + n + 2
             sem.append(list(range(o + 1, o + 1 + n)))
             res.append(list(range(a + 1, a + 1 + m)))
-    return ForcedSequence(ids=full, semantic_pos=sem, residual_pos=res, reused=reused)
+    return ForcedSequence(ids=full, semantic_pos=sem, residual_pos=res, reused=reused, reasons=reasons)
+
+
+def describe_reencoding(reasons: list[str]) -> str:
+    """One line for the user: which events get new conditioning and why (event numbers 1-based)."""
+    changed = [f"{i + 1} ({r})" for i, r in enumerate(reasons) if r]
+    kept = [str(i + 1) for i, r in enumerate(reasons) if not r]
+    if not changed:
+        return "plan: no event edited; every event keeps its generated tokens and context"
+    line = f"plan: events re-encoded: {', '.join(changed)}"
+    if kept:
+        line += f"; unchanged: {', '.join(kept)}"
+    return (line + ". An edit changes the context of every later event; to change one event alone, re-roll it "
+            "(generate --reuse DUMP --reroll N)")
+
+
+def _reasons(plan: StoryPlan, flags: list[bool], body: list[int], tr: list[int], think: Optional[int],
+             reasoning_ok: bool, ids: TokenIds) -> list[str]:
+    """Per event: edited (its own tokens are new), its context changed (the LLM reads the whole transcript
+    causally, so an event after the first change gets new states even with its generated tokens), or ""."""
+    starts, cursor = [], 0
+    for _ in plan.events:
+        starts.append(body.index(ids.gen_open, cursor))
+        cursor = starts[-1] + 1
+    out = []
+    for i, (ev, unedited) in enumerate(zip(plan.events, flags)):
+        if not unedited:
+            out.append(_edit_reason(ev))
+        elif body[:starts[i]] == tr[:ev.span[0]]:          # the same tokens after the same context
+            out.append("")
+        elif not reasoning_ok:
+            out.append("the reasoning before it changed")
+        else:
+            earlier = [j for j in range(i) if not flags[j]]
+            out.append(f"event {earlier[0] + 1} before it changed" if earlier
+                       else "an event before it was removed or moved")
+    return out
