@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ModelFilesError
+from ..models.download import fetch_command
 from ..progress import Hooks, as_hooks
 from .video import SceneList
 
@@ -47,8 +48,8 @@ def resolve_model_dir(name: Union[str, Path], search_dirs: Sequence[Union[str, P
     where = ", ".join(str(c) for c in dict.fromkeys(cands))
     raise ModelFilesError(
         f"The {what} '{name}' was not found (looked for a folder with config.json at: {where}). "
-        f"Download one, e.g. `huggingface-cli download {example} --local-dir "
-        f"models/audiostory/{example.split('/')[-1]}`, or pass a Hugging Face id.")
+        f"Download one, e.g. `{fetch_command(example, search_dirs)}`, or pass a Hugging Face id.")
+
 
 
 def _load_error(name: str, e: Exception, what: str) -> ModelFilesError:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..stages.audio import crossfade_concat, resample
 from ..media.captioning import resolve_model_dir
+from ..models.download import fetch_command
 from ..errors import InputError, ModelFilesError
 from ..stages.event_tokens import event_tokens
 from ..stages.grammar import build_instruction, encode_prompt
@@ -135,8 +136,7 @@ class WhisperFeatures:
         except (OSError, ValueError, KeyError) as e:
             raise ModelFilesError(
                 f"Cannot load the Whisper model '{name}': {e}. It needs config.json, the weights and "
-                "preprocessor_config.json (e.g. `huggingface-cli download openai/whisper-large-v3 "
-                "--local-dir models/audiostory/whisper-large-v3`).") from e
+                f"preprocessor_config.json (e.g. `{fetch_command('openai/whisper-large-v3', search_dirs)}`).") from e
         if fe.feature_size != model.config.num_mel_bins:
             raise ModelFilesError(f"Whisper '{name}': the feature extractor makes {fe.feature_size} mel bins but "
                                   f"the encoder expects {model.config.num_mel_bins}.")
