@@ -23,6 +23,8 @@ from typing import Optional
 
 import folder_paths
 
+from ..audiostory_core.errors import ModelFilesError
+from ..audiostory_core.models.config import locate
 from ..audiostory_core.models.download import KEYS, ROOT_NAME, SOURCES, download_all, source, target_of
 from ..audiostory_core.progress import Hooks
 from .common import MODEL_FOLDER
@@ -148,11 +150,22 @@ class DownloadJob:
 JOB = DownloadJob()
 
 
+def root_complete(root: Path) -> bool:
+    """True when ``root`` is a loadable model root (files only), whatever its folders are named."""
+    try:
+        locate(root)
+    except (ModelFilesError, OSError):
+        return False
+    return True
+
+
 def status() -> dict:
     root, shared = targets()
     ok, why = allowed()
+    complete = root_complete(root)
     comps = [{"key": s.key, "repo": s.repo, "note": s.note, "optional": s.optional,
-              "target": str(target_of(s, root, shared)), "present": present(target_of(s, root, shared))}
+              "target": str(target_of(s, root, shared)),
+              "present": (complete and not s.shared) or present(target_of(s, root, shared))}
              for s in SOURCES]
     return {"components": comps, "allowed": ok, "why_not": why, "job": JOB.snapshot()}
 

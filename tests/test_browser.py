@@ -40,11 +40,27 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shared_root):
+def hub(tmp_path_factory, shared_root) -> Path:
+    """The network, replaced: a Hugging Face cache pre-filled with tiny Whisper and VLM under their real repo ids
+    (the server runs with HF_HUB_OFFLINE=1 on it)."""
+    from hub_cache import fill_hub_cache
+    from tiny_media_models import build_tiny_vlm, build_tiny_whisper
+
+    tmp = tmp_path_factory.mktemp("hub")
+    w = build_tiny_whisper(tmp / "whisper")
+    v = build_tiny_vlm(tmp / "vlm", shared_root / "Qwen2.5-tiny-Instruct")
+    fill_hub_cache(tmp / "hub", "openai/whisper-large-v3", {p.name: p for p in w.iterdir()})
+    fill_hub_cache(tmp / "hub", "Qwen/Qwen2.5-VL-3B-Instruct", {p.name: p for p in v.iterdir()})
+    return tmp / "hub"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, shared_root, hub):
     need(Path(CHROMIUM).is_file() or shutil.which(CHROMIUM) is not None, f"Chromium at {CHROMIUM}",
          "apt-get install -y chromium, or set AUDIOSTORY_CHROMIUM")
     need(importlib.util.find_spec("playwright") is not None, "Playwright's Python package", "pip install playwright")
-    yield from comfy_server.serve(tmp_path_factory.mktemp("comfy-browser"), shared_root, wb.apply_settings)
+    yield from comfy_server.serve(tmp_path_factory.mktemp("comfy-browser"), shared_root, wb.apply_settings,
+                                  env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub)})
 
 
 class Page:
@@ -204,4 +220,48 @@ def test_run_button_plays_the_story_on_the_save_node(server, browser_page, artif
     written = list((server.root / "output").rglob(f"{stem}*.wav"))
     assert written, "the save node wrote no file"
     assert any(f.name in src for f in written), (src, written)
+    assert not browser_page.about_pack(since), browser_page.about_pack(since)
+
+
+def test_models_download_from_the_menu_with_progress_into_models_audiostory(server, browser_page, artifacts, hub):
+    """Extensions > AudioStory > Download models: tick Whisper and the VLM, press Download; the dialog shows
+    the progress and the files land in models/audiostory/ (from the pre-filled cache, offline). The route takes
+    keys of the fixed list only."""
+    page = browser_page.page
+    models = server.root / "models" / "audiostory"
+    for name in ("whisper-large-v3", "Qwen2.5-VL-3B-Instruct"):        # the tiny ones prepare_base put there
+        shutil.rmtree(models / name)
+    post = """async (body) => { const r = await fetch('/api/audiostory/models/download', {method: 'POST',
+        headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
+        return [r.status, await r.json()]; }"""
+    code, body = page.evaluate(post, {"keys": ["openai/whisper-large-v3"]})      # a repo id is not a key
+    assert code == 400 and "choose from" in body["error"] and "whisper" in body["error"]
+    code, body = page.evaluate(post, {"keys": "whisper"})
+    assert code == 400
+    assert not (models / "whisper-large-v3").exists()
+
+    since = browser_page.mark()
+    page.evaluate("() => window.app.extensionManager.command.execute('AudioStory.DownloadModels')")
+    dialog = page.locator("#audiostory-model-download")
+    dialog.wait_for(state="visible", timeout=30_000)
+    for box in dialog.locator("input[type=checkbox]").all():
+        box.uncheck()
+    for key in ("whisper", "vlm"):
+        assert "missing" in dialog.locator(f"label:has(input[value={key}])").inner_text()
+        dialog.locator(f"input[value={key}]").check()
+    dialog.get_by_role("button", name="Download").click()
+    page.wait_for_function("() => /Done: 2 of 2/.test(document.querySelector("
+                           "'#audiostory-model-download [data-role=progress]').textContent)", timeout=120_000)
+    page.screenshot(path=str(artifacts / "model_download_done.png"))
+    shown = dialog.locator("[data-role=progress]").inner_text()
+    assert "whisper: linked into" in shown and "vlm: linked into" in shown, shown
+    assert page.evaluate("() => { const b = document.querySelector('#audiostory-model-download progress'); "
+                         "return [b.value, b.max]; }") == [2, 2]
+    assert "(present)" in dialog.locator("label:has(input[value=whisper])").inner_text()
+    for name, repo in (("whisper-large-v3", "openai/whisper-large-v3"), ("Qwen2.5-VL-3B-Instruct",
+                                                                          "Qwen/Qwen2.5-VL-3B-Instruct")):
+        cfg = models / name / "config.json"
+        assert cfg.is_file(), f"{cfg} was not written"
+        assert str(cfg.resolve()).startswith(str(hub / f"models--{repo.replace('/', '--')}")), cfg.resolve()
+    dialog.get_by_role("button", name="Close").click()
     assert not browser_page.about_pack(since), browser_page.about_pack(since)

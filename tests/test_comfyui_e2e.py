@@ -14,6 +14,7 @@ input + story - crossfade, input kept, the Planner's own prompt), bad inputs, Ca
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -405,6 +406,24 @@ def test_bad_inputs_are_reported(comfy):
     entry = comfy.run(api)
     assert entry["status"]["status_str"] == "error" and "longer than one clip can hold" in _error_of(entry)
 
+
+
+def test_an_incomplete_model_root_is_named_before_anything_runs(comfy, shared_root):
+    """A root holding only the AudioStory checkpoint is listed, but the prompt is refused at validation,
+    naming the missing component and a fetch command that works from ComfyUI's folder."""
+    broken = comfy.root / "models" / "audiostory" / "OnlyCheckpoint"
+    (broken / "AudioStory-3B").mkdir(parents=True)
+    for name in ("config.yaml", "pytorch_model.bin"):
+        (broken / "AudioStory-3B" / name).symlink_to(shared_root / "audiostory" / name)
+    try:
+        api = _reference_prompt()
+        api["1"]["inputs"]["root"] = "OnlyCheckpoint"
+        code, r = comfy.post("/prompt", {"prompt": api, "client_id": "t"})
+        text = json.dumps(r)
+        assert code == 400 and "OnlyCheckpoint" in text and "Flux_detokenizer" in text, r
+        assert "Download models" in text and "custom_nodes/comfyui-audiostory/download_models.py" in text, r
+    finally:
+        shutil.rmtree(broken)
 
 def test_cancel_stops_within_a_step(comfy):
     prefix = f"audiostory/cancelled_{uuid.uuid4().hex[:6]}"

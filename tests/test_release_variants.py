@@ -19,6 +19,7 @@ from audiostory_core.errors import ModelFilesError, WeightsMismatchError
 from audiostory_core.models.config import locate
 from audiostory_core.models.loading import load_models
 from audiostory_core.progress import Hooks
+from hub_cache import fill_hub_cache
 
 STORY = ("A fire truck leaves the station with sirens blaring.", 7.5)  # the fixture plans 2 events
 RENDER = dict(steps=2, guidance=4.0, seed=3, noise="seeded")
@@ -316,22 +317,6 @@ def test_unwritable_model_folder_falls_back_to_the_user_cache(shared_root, tmp_p
 
 
 # ------------------------------------------------------------------ Hugging Face cache and offline download
-
-def fill_hub_cache(hub: Path, repo: str, files: dict[str, Path | str]) -> Path:
-    """Write one repo into a Hugging Face cache folder, in the cache's own layout (refs/main -> snapshot)."""
-    commit = hashlib.sha1(repo.encode()).hexdigest()
-    d = hub / f"models--{repo.replace('/', '--')}"
-    snap = d / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for name, src in files.items():
-        if isinstance(src, Path):
-            shutil.copyfile(src, snap / name)
-        else:
-            (snap / name).write_text(src)
-    (d / "refs").mkdir()
-    (d / "refs" / "main").write_text(commit)
-    return snap
-
 
 @pytest.fixture
 def offline_hub(shared_root, tmp_path, monkeypatch):

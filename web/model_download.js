@@ -14,7 +14,9 @@ const DIALOG_ID = "audiostory-model-download";
 const POLL_MS = 1000;
 
 function el(tag, props = {}, children = []) {
-  const e = Object.assign(document.createElement(tag), props);
+  const { dataset, ...rest } = props;
+  const e = Object.assign(document.createElement(tag), rest);
+  Object.assign(e.dataset, dataset ?? {});
   for (const c of children) e.append(c);
   return e;
 }
@@ -90,6 +92,7 @@ async function start(dialog) {
     dialog.querySelector("[data-role=progress]").textContent = body.error || `${r.status}`;
     return;
   }
+  render(dialog, await r.json());
   await poll(dialog);
 }
 
