@@ -237,10 +237,17 @@ def check_clip_lengths(durations: Sequence[float], crossfade: float, max_clip_se
 
 
 def describe_plan(plan: StoryPlan) -> str:
-    head = plan.text()
+    """The finished plan as the Planner shows it after a run: the event list first (index, start-end on the
+    plan's timeline, caption), then any warnings, then the reasoning."""
+    lines, start = [f"{len(plan.events)} events, {sum(e.duration for e in plan.events):g} s:"], 0.0
+    for i, e in enumerate(plan.events, start=1):
+        lines.append(f"{i}. {start:g}\u2013{start + e.duration:g} s  {e.caption}")
+        start += e.duration
     if plan.problems:
-        head += "\n\nwarnings:\n" + "\n".join(f"- {p}" for p in plan.problems)
-    return head
+        lines += ["", "warnings:"] + [f"- {p}" for p in plan.problems]
+    if plan.reasoning.strip():
+        lines += ["", "reasoning: " + plan.reasoning.strip()]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- conditioning / latents
@@ -523,13 +530,16 @@ def readable_stream(raw: str) -> str:
 
 
 class ReadableStream:
-    """Hooks.text sink: turns each raw partial transcript into :func:`readable_stream` text, then sends it."""
+    """Hooks.text sink: turns each raw partial transcript into :func:`readable_stream` text, then sends it.
+
+    A word still being decoded (the transcript ends inside it, e.g. "lo" of "loud") is held back until it
+    is complete, so the node never shows half a word."""
 
     def __init__(self, send: Callable[[str], None]):
         self.send = send
 
     def __call__(self, raw: str) -> None:
-        self.send(readable_stream(raw))
+        self.send(readable_stream(re.sub(r"\w+$", "", raw)))
 
 
 
