@@ -133,6 +133,9 @@ def test_workflow_loads_as_shipped(server, browser_page, artifacts, name):
     dialogs = browser_page.dialogs()
     browser_page.close_dialogs()
     assert not dialogs, f"{name}: dialog after loading: {dialogs}"
+    # the API twin is what the frontend's own "Export (API)" writes from the UI file, _meta.title included
+    exported = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    assert exported == api, f"{name}: the API twin differs from the frontend's export"
 
     # every widget holds its API twin's value, and a combo value is one of its options
     by_id = {str(n["id"]): n for n in state["nodes"]}
@@ -193,6 +196,26 @@ def test_templates_show_readable_names_and_thumbnails(server, browser_page, arti
         status = page.evaluate("async (u) => (await fetch(u)).status",
                                f"/api/workflow_templates/{PACK}/{name}.jpg")
         assert status == 200, f"{name}.jpg: {status}"
+    # the template browser: the pack's cards in order, "Text to long audio" first, every title whole on its card
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text(PACK, exact=True).first.click()
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(artifacts / "templates.png"))
+    cards = page.evaluate("""(names) => {
+        const fits = e => !!e && e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight;
+        return Array.from(document.querySelectorAll('[role=dialog] h3'))
+          .filter(h => names.includes(h.textContent.trim()) && h.offsetParent !== null)
+          .map(h => ({title: h.textContent.trim(), title_fits: fits(h),
+                      description: h.parentElement.querySelector('p')?.textContent,
+                      description_fits: fits(h.parentElement.querySelector('p'))})); }""", listed[PACK])
+    browser_page.close_dialogs()
+    assert [c["title"] for c in cards] == BUILD.template_order(), cards
+    assert cards[0]["title"] == "AudioStory - Text to long audio"
+    assert all(c["title_fits"] and c["description_fits"] for c in cards), [c for c in cards if not c["title_fits"]
+                                                                           or not c["description_fits"]]
+    # each description says what the template does and needs, not its title again
+    assert [c["description"] for c in cards] == [c["description"] for c in BUILD.template_cards()]
+    assert all("Needs:" in c["description"] and c["title"].split(" - ")[1] not in c["description"] for c in cards)
     assert not browser_page.about_pack(since), browser_page.about_pack(since)
 
 
@@ -220,7 +243,32 @@ def test_run_button_plays_the_story_on_the_save_node(server, browser_page, artif
     written = list((server.root / "output").rglob(f"{stem}*.wav"))
     assert written, "the save node wrote no file"
     assert any(f.name in src for f in written), (src, written)
+
+    # the Planner shows the finished event list, every line whole on screen, no word split over two lines
+    shown = page.evaluate(SHOWN_PLAN_JS)
+    assert shown is not None, "the Planner shows no plan text"
+    lines = shown["text"].splitlines()
+    assert lines[0].endswith(" s:") and [ln.split(".")[0] for ln in lines[1:4]] == ["1", "2", "3"], lines
+    assert all("\u2013" in ln for ln in lines[1:4]), lines
+    assert shown["split_words"] == [], shown["split_words"]
+    assert shown["visible_lines"] >= 4, shown
     assert not browser_page.about_pack(since), browser_page.about_pack(since)
+
+
+# In the page: the Planner's plan text, the words the browser drew over two lines, and how many lines show.
+SHOWN_PLAN_JS = """() => {
+  const box = Array.from(document.querySelectorAll('.audiostory-plan-text')).find(b => b.offsetParent !== null);
+  if (!box || !box.firstChild) return null;
+  const node = box.firstChild, text = node.textContent, split = [], tops = new Set();
+  for (const m of text.matchAll(/\\S+/g)) {
+    const r = document.createRange();
+    r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+    const rects = Array.from(r.getClientRects()).filter(q => q.width > 0);
+    if (new Set(rects.map(q => Math.round(q.top))).size > 1) split.push(m[0]);
+    rects.forEach(q => { if (q.bottom <= box.getBoundingClientRect().bottom + 1) tops.add(Math.round(q.top)); });
+  }
+  return {text, split_words: split, visible_lines: tops.size};
+}"""
 
 
 def test_models_download_from_the_menu_with_progress_into_models_audiostory(server, browser_page, artifacts, hub):

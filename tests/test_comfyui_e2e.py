@@ -215,7 +215,7 @@ def test_reference_matches_cli(comfy, executed, shared_root, tmp_path):
     out = tmp_path / "cli.wav"
     env = dict(os.environ, AUDIOSTORY_CACHE=str(comfy.root / "cache"))
     subprocess.run([sys.executable, "-m", "audiostory_core", "generate", "--models", str(shared_root),
-                    "--instruction", THUNDER, "--duration", "12", "--out", str(out), "--noise", "reference",
+                    "--instruction", THUNDER, "--duration", "12", "--out", str(out), "--noise", "seeded", "--seed", "0",
                     "--steps", "50", "--guidance", "4.0", "--quiet", "--dump", str(tmp_path / "dump")],
                    cwd=str(ROOT), env=env, check=True, capture_output=True)
     a, sra = sf.read(str(wav), dtype="float32")
@@ -379,7 +379,7 @@ def test_continuation_workflow_joins_input_and_continuation(comfy, executed):
 # ---------------------------------------------------------------- errors, cancel, unload
 def _reference_prompt(**sampler):
     api = json.loads((API_DIR / "audiostory_text_to_long_audio.json").read_text())
-    api["4"]["inputs"].update(sampler)
+    api["4"]["inputs"].update({"noise": "reference", **sampler})
     return api
 
 
@@ -424,6 +424,28 @@ def test_an_incomplete_model_root_is_named_before_anything_runs(comfy, shared_ro
         assert "Download models" in text and "custom_nodes/comfyui-audiostory/download_models.py" in text, r
     finally:
         shutil.rmtree(broken)
+
+
+def test_an_api_client_addresses_nodes_by_title(comfy):
+    """What a third-party API client does with an API twin: find nodes by ``_meta.title`` (as
+    comfy-api-simplified does), set widgets, queue it, and find the file it saved."""
+    def by_title(prompt: dict, title: str) -> dict:
+        found = [node for node in prompt.values() if node["_meta"]["title"] == title]
+        assert len(found) == 1, f"{len(found)} nodes titled {title!r}"
+        return found[0]
+
+    prompt = json.loads((API_DIR / "audiostory_simple.json").read_text())
+    prefix = f"audiostory/api_client_{uuid.uuid4().hex[:6]}"
+    by_title(prompt, "AudioStory (simple)")["inputs"].update(instruction=THUNDER, duration=7.5, seed=3)
+    by_title(prompt, "Save story (WAV)")["inputs"]["filename_prefix"] = prefix
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "success", _error_of(entry)
+    import soundfile as sf
+
+    wav = list((comfy.root / "output").glob(f"{prefix}*.wav"))
+    assert len(wav) == 1, wav
+    info = sf.info(str(wav[0]))
+    assert abs(info.frames / info.samplerate - 7.5) < 3.5, info     # a 7.5 s story (crossfades shorten it)
 
 def test_cancel_stops_within_a_step(comfy):
     prefix = f"audiostory/cancelled_{uuid.uuid4().hex[:6]}"
