@@ -110,6 +110,19 @@ def _visible_on_canvas(page, x: float, y: float) -> bool:
                          "return !!e && e === window.app.canvas.canvas; }", [x, y])
 
 
+def outside_their_groups(state: dict) -> list[str]:
+    """Titles of nodes (Notes aside) not drawn wholly inside one group, title bar included."""
+    out = []
+    for n in state["nodes"]:
+        if n["type"] in BUILD.FRONTEND_ONLY_NODES:
+            continue
+        x0, y0, x1, y1 = n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]
+        if not any(g[0] <= x0 and g[1] <= y0 and x1 <= g[0] + g[2] and y1 <= g[1] + g[3]
+                   for g in (gr["bounding"] for gr in state["groups"])):
+            out.append(n["title"])
+    return out
+
+
 def test_missing_node_dialog_is_detected(browser_page):
     """Control for the check below: an unknown node type does raise the frontend's dialog."""
     wf = json.loads((ROOT / "workflows" / BUILD.ui_file_name(NAMES[0])).read_text())
@@ -169,6 +182,7 @@ def test_workflow_loads_as_shipped(server, browser_page, artifacts, name):
     for g in state["groups"]:
         gx, gy = (g["bounding"][0] + ox) * s, (g["bounding"][1] + 12 + oy) * s
         assert _visible_on_canvas(page, gx + 4, gy), f"{name}: group {g['title']} is covered"
+    assert not outside_their_groups(state), f"{name}: outside their group: {outside_their_groups(state)}"
     # as drawn (the frontend may grow a node to fit its widgets): no two nodes overlap
     rects = [(n["title"], n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
              for n in state["nodes"]]
@@ -252,6 +266,8 @@ def test_run_button_plays_the_story_on_the_save_node(server, browser_page, artif
     assert all("\u2013" in ln for ln in lines[1:4]), lines
     assert shown["split_words"] == [], shown["split_words"]
     assert shown["visible_lines"] >= 4, shown
+    after = page.evaluate(wb.DESCRIBE_JS)      # the Planner grew to show it, still inside its group
+    assert not outside_their_groups(after), outside_their_groups(after)
     assert not browser_page.about_pack(since), browser_page.about_pack(since)
 
 

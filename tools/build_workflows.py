@@ -306,11 +306,14 @@ FRONTEND_ONLY_NODES = ("MarkdownNote", "Note")          # drawn by the frontend,
 NODE_W, WIDE_W, NOTE_W = 300, 380, 360
 NOTE = "note"                     # the Note's key in a layout
 # Widgets the frontend adds: upload button and media preview, the audio player on save nodes (web/audiostory.js)
-FRONTEND_MIN = {"LoadVideo": [540, 340], "LoadAudio": [320, 170], "AudioStorySaveAudio": [300, 140],
+FRONTEND_MIN = {"LoadVideo": [540, 392], "LoadAudio": [320, 170], "AudioStorySaveAudio": [300, 140],
                 "SaveAudio": [300, 116]}
 # Inputs the frontend adds to these nodes (preview widgets) and writes, empty, into "Export (API)"
 FRONTEND_EXPORTED = {"LoadAudio": {"audioUI": ""}, "SaveAudio": {"audioUI": ""},
                      "AudioStorySaveAudio": {"audioUI": ""}, "LoadVideo": {"video-preview": ""}}
+# Room for the plan text web/plan_text.js adds when the node runs (its widget's MIN_H, 200 px, plus margins),
+# so the grown node stays inside its group
+RUN_TEXT_H = {"AudioStoryPlanner": 216}
 TITLE_H, SLOT_H, WIDGET_H = 30, 20, 24     # LiteGraph's title, slot and widget heights
 MIN_TEXT_H, MAX_TEXT_H = 96, 330          # multiline text boxes
 # GROUP_HEAD: the group's title bar plus room for the pack badge the frontend draws above a node's title bar
@@ -510,6 +513,7 @@ def node_size(info: dict, inputs: list, outputs: list, values: dict) -> list[int
         h += min(MAX_TEXT_H, max(MIN_TEXT_H, 16 * lines + 24))
     w, h = (WIDE_W if multiline else NODE_W), h
     low = FRONTEND_MIN.get(info.get("name", ""), [0, 0])
+    h += RUN_TEXT_H.get(info.get("name", ""), 0)
     return [max(w, low[0]), max(h, low[1])]
 
 
