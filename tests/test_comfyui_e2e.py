@@ -444,8 +444,11 @@ def test_an_api_client_addresses_nodes_by_title(comfy):
 
     wav = list((comfy.root / "output").glob(f"{prefix}*.wav"))
     assert len(wav) == 1, wav
+    # the story is as long as the plan the (expanded) Planner wrote for this instruction and duration
+    plans = [json.loads(t) for out in entry["outputs"].values() for t in out.get("text", []) if '"events"' in t]
+    assert len(plans) == 1 and plans[0]["instruction"].startswith(THUNDER) and "7.5 seconds" in plans[0]["instruction"]
     info = sf.info(str(wav[0]))
-    assert abs(info.frames / info.samplerate - 7.5) < 3.5, info     # a 7.5 s story (crossfades shorten it)
+    assert abs(info.frames - sum(e["duration"] for e in plans[0]["events"]) * info.samplerate) <= 1, info
 
 def test_cancel_stops_within_a_step(comfy):
     prefix = f"audiostory/cancelled_{uuid.uuid4().hex[:6]}"

@@ -22,9 +22,13 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from audiostory_core.models.download import ROOT_NAME  # noqa: E402 - the model root the UI download fills
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
-MODEL_ROOT = "AudioStory"          # models/audiostory/AudioStory (README layout)
+MODEL_ROOT = ROOT_NAME             # models/audiostory/AudioStory (README layout)
 THUNDER = "A thunderstorm rolls over a quiet farm at night."
 FIRE = "A fire truck leaves the station with sirens blaring."
 EXAMPLE_VIDEO = "audiostory_example.mp4"
