@@ -3,7 +3,7 @@
 ComfyUI V3 entry point. The nodes are thin adapters over ``audiostory_core`` (plain PyTorch,
 usable without ComfyUI: ``python -m audiostory_core generate ...``).
 """
-WEB_DIRECTORY = "./web"   # frontend extension: the audio player on AudioStorySaveAudio
+WEB_DIRECTORY = "./web"   # frontend extensions: the audio player on AudioStorySaveAudio, the model download dialog
 
 try:
     from comfy_api.latest import ComfyExtension
@@ -15,6 +15,14 @@ if ComfyExtension is not None:
     from .install_examples import install_into_comfyui_input
 
     install_into_comfyui_input()   # example media for the shipped workflows, copied into input/ if missing
+    try:
+        from .nodes.download_routes import register_routes
+
+        register_routes()          # GET /audiostory/models, POST /audiostory/models/download (the UI's dialog)
+    except Exception:  # the nodes still load; the menu's dialog then reports the missing route
+        import logging
+
+        logging.getLogger("AudioStory").exception("AudioStory: the model download routes failed to register")
 
     class AudioStoryExtension(ComfyExtension):
         async def get_node_list(self):

@@ -76,7 +76,14 @@ def check_clip_lengths(durations: Sequence[float], crossfade: float, max_clip_se
 
 
 def describe_plan(plan: StoryPlan) -> str:
-    head = plan.text()
+    """The finished plan as the Planner shows it after a run: the event list first (index, start-end on the
+    plan's timeline, caption), then any warnings, then the reasoning."""
+    lines, start = [f"{len(plan.events)} events, {sum(e.duration for e in plan.events):g} s:"], 0.0
+    for i, e in enumerate(plan.events, start=1):
+        lines.append(f"{i}. {start:g}\u2013{start + e.duration:g} s  {e.caption}")
+        start += e.duration
     if plan.problems:
-        head += "\n\nwarnings:\n" + "\n".join(f"- {p}" for p in plan.problems)
-    return head
+        lines += ["", "warnings:"] + [f"- {p}" for p in plan.problems]
+    if plan.reasoning.strip():
+        lines += ["", "reasoning: " + plan.reasoning.strip()]
+    return "\n".join(lines)

@@ -6,10 +6,12 @@ import logging
 import comfy.model_management as mm
 from comfy_api.latest import io
 
+from ..audiostory_core.errors import ModelFilesError
 from ..audiostory_core.models.config import locate
 from ..audiostory_core.models.loading import load_models, load_stages
 from ..audiostory_core.progress import NO_HOOKS, Hooks
 from . import comfy_models as cm
+from .download_routes import fetch_hint, missing_message
 from .common import (CATEGORY, Planner, dit_dtype, llm_dtype, make_hooks, model_folders, model_roots,
                      reference_numerics, vae_dtype)
 from .dtypes_memory import DTYPE_CHOICES, dtype_from_choice
@@ -45,12 +47,17 @@ class AudioStoryModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, root):
-        """Only ``root`` is checked here (with where to put models); ``dtype`` keeps ComfyUI's combo check."""
+        """Only ``root`` is checked here, before anything runs: the folder and every component it needs
+        (files only, nothing loaded), with how to fetch what is missing; ``dtype`` keeps ComfyUI's combo check."""
         roots = model_roots()
         if not roots:
-            return no_roots_message(model_folders())
+            return f"{no_roots_message(model_folders())}\n{fetch_hint()}"
         if root not in roots:
             return f"Model folder {root!r} is not in models/audiostory/; available: {', '.join(roots)}."
+        try:
+            locate(resolve_model_root(model_folders(), root))
+        except ModelFilesError as e:
+            return missing_message(root, str(e).split("\n")[0])
         return True
 
     @classmethod

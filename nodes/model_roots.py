@@ -44,5 +44,4 @@ def no_roots_message(folders: Sequence[str]) -> str:
     where = ", ".join(str(Path(f)) for f in folders) or "ComfyUI/models/audiostory"
     return (f"No AudioStory model found in {where}. Create a folder per model there, e.g. "
             "models/audiostory/AudioStory/ holding AudioStory-3B/ (config.yaml + pytorch_model.bin), "
-            "Flux_detokenizer/, Qwen2.5-3B-Instruct/ and flan-t5-large/; "
-            "`python -m audiostory_core download --models models/audiostory/AudioStory` fetches them.")
+            "Flux_detokenizer/, Qwen2.5-3B-Instruct/ and flan-t5-large/.")

@@ -37,13 +37,16 @@ def readable_stream(raw: str) -> str:
 
 
 class ReadableStream:
-    """Hooks.text sink: turns each raw partial transcript into :func:`readable_stream` text, then sends it."""
+    """Hooks.text sink: turns each raw partial transcript into :func:`readable_stream` text, then sends it.
+
+    A word still being decoded (the transcript ends inside it, e.g. "lo" of "loud") is held back until it
+    is complete, so the node never shows half a word."""
 
     def __init__(self, send: Callable[[str], None]):
         self.send = send
 
     def __call__(self, raw: str) -> None:
-        self.send(readable_stream(raw))
+        self.send(readable_stream(re.sub(r"\w+$", "", raw)))
 
 
 class TextThrottle:

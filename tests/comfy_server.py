@@ -33,6 +33,7 @@ NODE_IDS = (
     "AudioStoryConsistencyMemory", "AudioStorySampler", "AudioStoryNoise", "AudioStoryDecode",
     "AudioStorySaveAudio", "AudioStoryMuxVideo", "AudioStoryVideoScenes", "AudioStoryVideoCaptioner",
     "AudioStoryDubbingPlan", "AudioStoryAudioContext", "AudioStoryContinuationJoin", "AudioStoryScore",
+    "AudioStorySimple",
 )
 # Lines in ComfyUI's log that mean part of the pack did not load (nodes/__init__.py, ComfyUI's loader).
 IMPORT_FAILURE_MARKERS = ("AudioStory: nodes/", "IMPORT FAILED", "Cannot import")
@@ -179,8 +180,9 @@ def prepare_base(base: Path, shared_root: Path) -> Path:
     return base
 
 
-def start(base: Path, startup_timeout: float = 600) -> Comfy:
-    """Start ``main.py --cpu`` from a temporary copy of COMFYUI_DIR with everything writable under ``base``."""
+def start(base: Path, startup_timeout: float = 600, env: Optional[dict] = None) -> Comfy:
+    """Start ``main.py --cpu`` from a temporary copy of COMFYUI_DIR with everything writable under ``base``
+    (``env``: extra environment variables of the server)."""
     src = comfyui_dir()
     app = base / "ComfyUI"
     top_level_data = {"custom_nodes", "models", "input", "output", "user", "temp"}   # all under base instead
@@ -195,7 +197,7 @@ def start(base: Path, startup_timeout: float = 600) -> Comfy:
             p.chmod(0o755)
     port = free_port()
     log = base / "comfyui.log"
-    env = dict(os.environ, AUDIOSTORY_CACHE=str(base / "cache"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, AUDIOSTORY_CACHE=str(base / "cache"), PYTHONUNBUFFERED="1", **(env or {}))
     cmd = [sys.executable, str(app / "main.py"), "--cpu", "--disable-api-nodes", "--listen", "127.0.0.1",
            "--port", str(port), "--base-directory", str(base),
            "--output-directory", str(base / "output"), "--input-directory", str(base / "input"),
@@ -223,10 +225,11 @@ def start(base: Path, startup_timeout: float = 600) -> Comfy:
 
 
 def serve(base_dir: Path, shared_root: Path,
-          configure: Optional[Callable[[Path], None]] = None) -> Iterator[Comfy]:
+          configure: Optional[Callable[[Path], None]] = None, env: Optional[dict] = None) -> Iterator[Comfy]:
     """Body of a module-scoped server fixture: ComfyUI must be there (``need``), started, then stopped.
 
-    ``configure(base)`` runs once the server is up (the browser test writes its UI settings there).
+    ``configure(base)`` runs once the server is up (the browser test writes its UI settings there);
+    ``env`` adds environment variables to the server's.
     """
     import pytest
     from conftest import need
@@ -234,7 +237,7 @@ def serve(base_dir: Path, shared_root: Path,
     need(comfyui_available(), "ComfyUI", comfyui_missing_hint())
     base = prepare_base(base_dir, shared_root)
     try:
-        c = start(base)
+        c = start(base, env=env)
     except RuntimeError as e:
         pytest.fail(str(e))
     try:

@@ -40,11 +40,27 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, shared_root):
+def hub(tmp_path_factory, shared_root) -> Path:
+    """The network, replaced: a Hugging Face cache pre-filled with tiny Whisper and VLM under their real repo ids
+    (the server runs with HF_HUB_OFFLINE=1 on it)."""
+    from hub_cache import fill_hub_cache
+    from tiny_media_models import build_tiny_vlm, build_tiny_whisper
+
+    tmp = tmp_path_factory.mktemp("hub")
+    w = build_tiny_whisper(tmp / "whisper")
+    v = build_tiny_vlm(tmp / "vlm", shared_root / "Qwen2.5-tiny-Instruct")
+    fill_hub_cache(tmp / "hub", "openai/whisper-large-v3", {p.name: p for p in w.iterdir()})
+    fill_hub_cache(tmp / "hub", "Qwen/Qwen2.5-VL-3B-Instruct", {p.name: p for p in v.iterdir()})
+    return tmp / "hub"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, shared_root, hub):
     need(Path(CHROMIUM).is_file() or shutil.which(CHROMIUM) is not None, f"Chromium at {CHROMIUM}",
          "apt-get install -y chromium, or set AUDIOSTORY_CHROMIUM")
     need(importlib.util.find_spec("playwright") is not None, "Playwright's Python package", "pip install playwright")
-    yield from comfy_server.serve(tmp_path_factory.mktemp("comfy-browser"), shared_root, wb.apply_settings)
+    yield from comfy_server.serve(tmp_path_factory.mktemp("comfy-browser"), shared_root, wb.apply_settings,
+                                  env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub)})
 
 
 class Page:
@@ -94,6 +110,19 @@ def _visible_on_canvas(page, x: float, y: float) -> bool:
                          "return !!e && e === window.app.canvas.canvas; }", [x, y])
 
 
+def outside_their_groups(state: dict) -> list[str]:
+    """Titles of nodes (Notes aside) not drawn wholly inside one group, title bar included."""
+    out = []
+    for n in state["nodes"]:
+        if n["type"] in BUILD.FRONTEND_ONLY_NODES:
+            continue
+        x0, y0, x1, y1 = n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]
+        if not any(g[0] <= x0 and g[1] <= y0 and x1 <= g[0] + g[2] and y1 <= g[1] + g[3]
+                   for g in (gr["bounding"] for gr in state["groups"])):
+            out.append(n["title"])
+    return out
+
+
 def test_missing_node_dialog_is_detected(browser_page):
     """Control for the check below: an unknown node type does raise the frontend's dialog."""
     wf = json.loads((ROOT / "workflows" / BUILD.ui_file_name(NAMES[0])).read_text())
@@ -117,6 +146,9 @@ def test_workflow_loads_as_shipped(server, browser_page, artifacts, name):
     dialogs = browser_page.dialogs()
     browser_page.close_dialogs()
     assert not dialogs, f"{name}: dialog after loading: {dialogs}"
+    # the API twin is what the frontend's own "Export (API)" writes from the UI file, _meta.title included
+    exported = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    assert exported == api, f"{name}: the API twin differs from the frontend's export"
 
     # every widget holds its API twin's value, and a combo value is one of its options
     by_id = {str(n["id"]): n for n in state["nodes"]}
@@ -150,6 +182,7 @@ def test_workflow_loads_as_shipped(server, browser_page, artifacts, name):
     for g in state["groups"]:
         gx, gy = (g["bounding"][0] + ox) * s, (g["bounding"][1] + 12 + oy) * s
         assert _visible_on_canvas(page, gx + 4, gy), f"{name}: group {g['title']} is covered"
+    assert not outside_their_groups(state), f"{name}: outside their group: {outside_their_groups(state)}"
     # as drawn (the frontend may grow a node to fit its widgets): no two nodes overlap
     rects = [(n["title"], n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
              for n in state["nodes"]]
@@ -177,6 +210,26 @@ def test_templates_show_readable_names_and_thumbnails(server, browser_page, arti
         status = page.evaluate("async (u) => (await fetch(u)).status",
                                f"/api/workflow_templates/{PACK}/{name}.jpg")
         assert status == 200, f"{name}.jpg: {status}"
+    # the template browser: the pack's cards in order, "Text to long audio" first, every title whole on its card
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text(PACK, exact=True).first.click()
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(artifacts / "templates.png"))
+    cards = page.evaluate("""(names) => {
+        const fits = e => !!e && e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight;
+        return Array.from(document.querySelectorAll('[role=dialog] h3'))
+          .filter(h => names.includes(h.textContent.trim()) && h.offsetParent !== null)
+          .map(h => ({title: h.textContent.trim(), title_fits: fits(h),
+                      description: h.parentElement.querySelector('p')?.textContent,
+                      description_fits: fits(h.parentElement.querySelector('p'))})); }""", listed[PACK])
+    browser_page.close_dialogs()
+    assert [c["title"] for c in cards] == BUILD.template_order(), cards
+    assert cards[0]["title"] == "AudioStory - Text to long audio"
+    assert all(c["title_fits"] and c["description_fits"] for c in cards), [c for c in cards if not c["title_fits"]
+                                                                           or not c["description_fits"]]
+    # each description says what the template does and needs, not its title again
+    assert [c["description"] for c in cards] == [c["description"] for c in BUILD.template_cards()]
+    assert all("Needs:" in c["description"] and c["title"].split(" - ")[1] not in c["description"] for c in cards)
     assert not browser_page.about_pack(since), browser_page.about_pack(since)
 
 
@@ -204,4 +257,75 @@ def test_run_button_plays_the_story_on_the_save_node(server, browser_page, artif
     written = list((server.root / "output").rglob(f"{stem}*.wav"))
     assert written, "the save node wrote no file"
     assert any(f.name in src for f in written), (src, written)
+
+    # the Planner shows the finished event list, every line whole on screen, no word split over two lines
+    shown = page.evaluate(SHOWN_PLAN_JS)
+    assert shown is not None, "the Planner shows no plan text"
+    lines = shown["text"].splitlines()
+    assert lines[0].endswith(" s:") and [ln.split(".")[0] for ln in lines[1:4]] == ["1", "2", "3"], lines
+    assert all("\u2013" in ln for ln in lines[1:4]), lines
+    assert shown["split_words"] == [], shown["split_words"]
+    assert shown["visible_lines"] >= 4, shown
+    after = page.evaluate(wb.DESCRIBE_JS)      # the Planner grew to show it, still inside its group
+    assert not outside_their_groups(after), outside_their_groups(after)
+    assert not browser_page.about_pack(since), browser_page.about_pack(since)
+
+
+# In the page: the Planner's plan text, the words the browser drew over two lines, and how many lines show.
+SHOWN_PLAN_JS = """() => {
+  const box = Array.from(document.querySelectorAll('.audiostory-plan-text')).find(b => b.offsetParent !== null);
+  if (!box || !box.firstChild) return null;
+  const node = box.firstChild, text = node.textContent, split = [], tops = new Set();
+  for (const m of text.matchAll(/\\S+/g)) {
+    const r = document.createRange();
+    r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+    const rects = Array.from(r.getClientRects()).filter(q => q.width > 0);
+    if (new Set(rects.map(q => Math.round(q.top))).size > 1) split.push(m[0]);
+    rects.forEach(q => { if (q.bottom <= box.getBoundingClientRect().bottom + 1) tops.add(Math.round(q.top)); });
+  }
+  return {text, split_words: split, visible_lines: tops.size};
+}"""
+
+
+def test_models_download_from_the_menu_with_progress_into_models_audiostory(server, browser_page, artifacts, hub):
+    """Extensions > AudioStory > Download models: tick Whisper and the VLM, press Download; the dialog shows
+    the progress and the files land in models/audiostory/ (from the pre-filled cache, offline). The route takes
+    keys of the fixed list only."""
+    page = browser_page.page
+    models = server.root / "models" / "audiostory"
+    for name in ("whisper-large-v3", "Qwen2.5-VL-3B-Instruct"):        # the tiny ones prepare_base put there
+        shutil.rmtree(models / name)
+    post = """async (body) => { const r = await fetch('/api/audiostory/models/download', {method: 'POST',
+        headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
+        return [r.status, await r.json()]; }"""
+    code, body = page.evaluate(post, {"keys": ["openai/whisper-large-v3"]})      # a repo id is not a key
+    assert code == 400 and "choose from" in body["error"] and "whisper" in body["error"]
+    code, body = page.evaluate(post, {"keys": "whisper"})
+    assert code == 400
+    assert not (models / "whisper-large-v3").exists()
+
+    since = browser_page.mark()
+    page.evaluate("() => window.app.extensionManager.command.execute('AudioStory.DownloadModels')")
+    dialog = page.locator("#audiostory-model-download")
+    dialog.wait_for(state="visible", timeout=30_000)
+    for box in dialog.locator("input[type=checkbox]").all():
+        box.uncheck()
+    for key in ("whisper", "vlm"):
+        assert "missing" in dialog.locator(f"label:has(input[value={key}])").inner_text()
+        dialog.locator(f"input[value={key}]").check()
+    dialog.get_by_role("button", name="Download").click()
+    page.wait_for_function("() => /Done: 2 of 2/.test(document.querySelector("
+                           "'#audiostory-model-download [data-role=progress]').textContent)", timeout=120_000)
+    page.screenshot(path=str(artifacts / "model_download_done.png"))
+    shown = dialog.locator("[data-role=progress]").inner_text()
+    assert "whisper: linked into" in shown and "vlm: linked into" in shown, shown
+    assert page.evaluate("() => { const b = document.querySelector('#audiostory-model-download progress'); "
+                         "return [b.value, b.max]; }") == [2, 2]
+    assert "(present)" in dialog.locator("label:has(input[value=whisper])").inner_text()
+    for name, repo in (("whisper-large-v3", "openai/whisper-large-v3"), ("Qwen2.5-VL-3B-Instruct",
+                                                                          "Qwen/Qwen2.5-VL-3B-Instruct")):
+        cfg = models / name / "config.json"
+        assert cfg.is_file(), f"{cfg} was not written"
+        assert str(cfg.resolve()).startswith(str(hub / f"models--{repo.replace('/', '--')}")), cfg.resolve()
+    dialog.get_by_role("button", name="Close").click()
     assert not browser_page.about_pack(since), browser_page.about_pack(since)

@@ -14,6 +14,7 @@ input + story - crossfade, input kept, the Planner's own prompt), bad inputs, Ca
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -412,7 +413,7 @@ def test_continuation_workflow_joins_input_and_continuation(comfy, executed):
 # ---------------------------------------------------------------- errors, cancel, unload
 def _reference_prompt(**sampler):
     api = json.loads((API_DIR / "audiostory_text_to_long_audio.json").read_text())
-    api["4"]["inputs"].update(sampler)
+    api["4"]["inputs"].update({"noise": "reference", **sampler})
     return api
 
 
@@ -439,6 +440,49 @@ def test_bad_inputs_are_reported(comfy):
     entry = comfy.run(api)
     assert entry["status"]["status_str"] == "error" and "longer than one clip can hold" in _error_of(entry)
 
+
+
+def test_an_incomplete_model_root_is_named_before_anything_runs(comfy, shared_root):
+    """A root holding only the AudioStory checkpoint is listed, but the prompt is refused at validation,
+    naming the missing component and a fetch command that works from ComfyUI's folder."""
+    broken = comfy.root / "models" / "audiostory" / "OnlyCheckpoint"
+    (broken / "AudioStory-3B").mkdir(parents=True)
+    for name in ("config.yaml", "pytorch_model.bin"):
+        (broken / "AudioStory-3B" / name).symlink_to(shared_root / "audiostory" / name)
+    try:
+        api = _reference_prompt()
+        api["1"]["inputs"]["root"] = "OnlyCheckpoint"
+        code, r = comfy.post("/prompt", {"prompt": api, "client_id": "t"})
+        text = json.dumps(r)
+        assert code == 400 and "OnlyCheckpoint" in text and "Flux_detokenizer" in text, r
+        assert "Download models" in text and "custom_nodes/comfyui-audiostory/download_models.py" in text, r
+    finally:
+        shutil.rmtree(broken)
+
+
+def test_an_api_client_addresses_nodes_by_title(comfy):
+    """What a third-party API client does with an API twin: find nodes by ``_meta.title`` (as
+    comfy-api-simplified does), set widgets, queue it, and find the file it saved."""
+    def by_title(prompt: dict, title: str) -> dict:
+        found = [node for node in prompt.values() if node["_meta"]["title"] == title]
+        assert len(found) == 1, f"{len(found)} nodes titled {title!r}"
+        return found[0]
+
+    prompt = json.loads((API_DIR / "audiostory_simple.json").read_text())
+    prefix = f"audiostory/api_client_{uuid.uuid4().hex[:6]}"
+    by_title(prompt, "AudioStory (simple)")["inputs"].update(instruction=THUNDER, duration=7.5, seed=3)
+    by_title(prompt, "Save story (WAV)")["inputs"]["filename_prefix"] = prefix
+    entry = comfy.run(prompt)
+    assert entry["status"]["status_str"] == "success", _error_of(entry)
+    import soundfile as sf
+
+    wav = list((comfy.root / "output").glob(f"{prefix}*.wav"))
+    assert len(wav) == 1, wav
+    # the story is as long as the plan the (expanded) Planner wrote for this instruction and duration
+    plans = [json.loads(t) for out in entry["outputs"].values() for t in out.get("text", []) if '"events"' in t]
+    assert len(plans) == 1 and plans[0]["instruction"].startswith(THUNDER) and "7.5 seconds" in plans[0]["instruction"]
+    info = sf.info(str(wav[0]))
+    assert abs(info.frames - sum(e["duration"] for e in plans[0]["events"]) * info.samplerate) <= 1, info
 
 def test_cancel_stops_within_a_step(comfy):
     prefix = f"audiostory/cancelled_{uuid.uuid4().hex[:6]}"

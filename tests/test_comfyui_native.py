@@ -184,8 +184,9 @@ def test_planner_streams_readable_plan_text(comfy):
     assert not [t for t in planner if "<" in t], "control tokens were streamed"
     final = planner[-1]
     events = json.loads(entry["outputs"]["2"]["text"][0])["events"]
-    assert len(events) == 3 and all(f"{i + 1}. [{e['duration']:g} s] {e['caption']}" in final
-                                    for i, e in enumerate(events))
+    ends = [sum(e["duration"] for e in events[:i + 1]) for i in range(len(events))]
+    assert len(events) == 3 and all(f"{i + 1}. {end - e['duration']:g}\u2013{end:g} s  {e['caption']}" in final
+                                    for i, (e, end) in enumerate(zip(events, ends))), final
     assert any("1. [" in t for t in planner[:-1]), "events appear while generating, in the final form"
 
 

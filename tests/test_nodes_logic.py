@@ -342,6 +342,30 @@ def test_streamed_plan_text_has_no_control_tokens(nodes):
     assert "<" not in r(raw + "</t5><aud><aud_00000></aud><|/gen|><|im_end|>")
 
 
+
+def test_streamed_plan_text_never_shows_half_a_word(nodes):
+    """Tokens arrive as word pieces ("lo", "ud"); the node gets whole words only."""
+    sent = []
+    sink = nodes.streaming.ReadableStream(sent.append)
+    for raw in ("The rain grows lo", "The rain grows loud", "The rain grows loud.<|/think|><|gen|>thun",
+                "The rain grows loud.<|/think|><|gen|>thunder<timestamp>3", "The rain grows loud.<|/think|>"
+                "<|gen|>thunder<timestamp>3.5</timestamp><t5>"):
+        sink(raw)
+    assert sent == ["The rain grows", "The rain grows", "The rain grows loud.\n\n1.",
+                    "The rain grows loud.\n\n1. thunder", "The rain grows loud.\n\n1. [3.5 s] thunder"]
+
+
+def test_planner_shows_the_finished_event_list(nodes):
+    from audiostory_core.stages.plan import StoryPlan
+
+    plan = StoryPlan.from_dict({"instruction": "x", "reasoning": "Calm, then a storm.", "events": [
+        {"caption": "crickets chirp softly", "duration": 4.0}, {"caption": "distant thunder", "duration": 2.5},
+        {"caption": "heavy rain", "duration": 5.5}]})
+    assert nodes.input_checks.describe_plan(plan).splitlines() == [
+        "3 events, 12 s:", "1. 0\u20134 s  crickets chirp softly", "2. 4\u20136.5 s  distant thunder",
+        "3. 6.5\u201312 s  heavy rain", "", "reasoning: Calm, then a storm."]
+
+
 def test_streamed_plan_text_ends_as_the_final_plan_text(nodes, shared_pipeline):
     """Streaming the shared fixture's plan through the node's sink ends with exactly StoryPlan.text()."""
     from audiostory_core.progress import Hooks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 from argparse import Namespace
@@ -17,6 +18,8 @@ import yaml
 from audiostory_core.errors import ModelFilesError, WeightsMismatchError
 from audiostory_core.models.config import locate
 from audiostory_core.models.loading import load_models
+from audiostory_core.progress import Hooks
+from hub_cache import fill_hub_cache
 
 STORY = ("A fire truck leaves the station with sirens blaring.", 7.5)  # the fixture plans 2 events
 RENDER = dict(steps=2, guidance=4.0, seed=3, noise="seeded")
@@ -315,22 +318,6 @@ def test_unwritable_model_folder_falls_back_to_the_user_cache(shared_root, tmp_p
 
 # ------------------------------------------------------------------ Hugging Face cache and offline download
 
-def fill_hub_cache(hub: Path, repo: str, files: dict[str, Path | str]) -> Path:
-    """Write one repo into a Hugging Face cache folder, in the cache's own layout (refs/main -> snapshot)."""
-    commit = hashlib.sha1(repo.encode()).hexdigest()
-    d = hub / f"models--{repo.replace('/', '--')}"
-    snap = d / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for name, src in files.items():
-        if isinstance(src, Path):
-            shutil.copyfile(src, snap / name)
-        else:
-            (snap / name).write_text(src)
-    (d / "refs").mkdir()
-    (d / "refs" / "main").write_text(commit)
-    return snap
-
-
 @pytest.fixture
 def offline_hub(shared_root, tmp_path, monkeypatch):
     """A pre-filled cache with the four repos (fixture-sized), offline mode on, and every socket refused."""
@@ -400,6 +387,42 @@ def test_offline_download_of_a_repo_missing_from_the_cache_names_the_hf_command(
     assert "HF_HUB_OFFLINE" in str(e.value) and "hf download google/flan-t5-large" in str(e.value)
     assert not (tmp_path / "models" / "flan-t5-large").exists()
     assert offline_hub.network_calls == []
+
+
+
+def test_download_only_vlm_and_whisper_links_them_next_to_the_root_where_comfyui_looks(offline_hub, shared_root, tmp_path):
+    """From ComfyUI's folder, with ComfyUI's Python: the pack's script fetches Whisper and the VLM (from the
+    pre-filled cache here, offline) into models/audiostory/, where the nodes and the CLI look for them."""
+    import subprocess
+    import sys
+
+    from tiny_media_models import build_tiny_vlm, build_tiny_whisper
+
+    from audiostory_core.media.captioning import VisionCaptioner
+    from audiostory_core.models.download import download_all
+    from audiostory_core.tasks.continuation import WhisperFeatures
+
+    w = build_tiny_whisper(tmp_path / "w")
+    fill_hub_cache(offline_hub.hub, "openai/whisper-large-v3", {p.name: p for p in w.iterdir()})
+    v = build_tiny_vlm(tmp_path / "v", shared_root / "Qwen2.5-tiny-Instruct")
+    fill_hub_cache(offline_hub.hub, "Qwen/Qwen2.5-VL-3B-Instruct", {p.name: p for p in v.iterdir()})
+    comfy = tmp_path / "ComfyUI"                       # a ComfyUI folder with this pack in custom_nodes/
+    (comfy / "custom_nodes").mkdir(parents=True)
+    (comfy / "custom_nodes" / "comfyui-audiostory").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(offline_hub.hub))
+    run = subprocess.run([sys.executable, "custom_nodes/comfyui-audiostory/download_models.py", "--only", "whisper",
+                          "vlm"], cwd=comfy, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    models = comfy / "models" / "audiostory"
+    assert sorted(p.name for p in models.iterdir()) == ["Qwen2.5-VL-3B-Instruct", "whisper-large-v3"]
+    WhisperFeatures.from_pretrained("whisper-large-v3", [models])
+    VisionCaptioner.from_pretrained("Qwen2.5-VL-3B-Instruct", [models])
+
+    # the library reports progress per component; without a shared folder they go into the root (CLI)
+    seen = []
+    download_all(tmp_path / "root", only=["whisper"], hooks=Hooks(progress=lambda *a: seen.append(a)))
+    assert seen == [("download", 0, 1), ("download", 1, 1)]
+    assert (tmp_path / "root" / "whisper-large-v3" / "config.json").is_file()
 
 
 def test_interrupted_layout_leaves_the_previous_one_intact(offline_hub, tmp_path, monkeypatch):

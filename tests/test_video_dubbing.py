@@ -158,10 +158,12 @@ def test_vlm_captions_every_scene_from_a_models_folder(tiny_vlm_dir, cut_video):
 
 
 def test_missing_vlm_folder_says_where_to_put_it(tmp_path):
-    with pytest.raises(ModelFilesError, match="huggingface-cli download"):
+    with pytest.raises(ModelFilesError, match="hf download Qwen/Qwen2.5-VL-3B-Instruct .*--local-dir"):
         VisionCaptioner.from_pretrained(str(tmp_path / "Qwen2.5-VL-3B-Instruct"))
-    with pytest.raises(ModelFilesError, match="not found"):
+    with pytest.raises(ModelFilesError, match="not found") as e:
         VisionCaptioner.from_pretrained("no-such-vlm", search_dirs=[tmp_path])
+    # the command names the folder it is looked for in, as an absolute path: it works from any folder
+    assert f"--local-dir '{tmp_path / 'Qwen2.5-VL-3B-Instruct'}'" in str(e.value)
 
 
 def test_users_can_type_or_edit_captions():

@@ -22,9 +22,13 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from audiostory_core.models.download import ROOT_NAME  # noqa: E402 - the model root the UI download fills
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
-MODEL_ROOT = "AudioStory"          # models/audiostory/AudioStory (README layout)
+MODEL_ROOT = ROOT_NAME             # models/audiostory/AudioStory (README layout)
 THUNDER = "A thunderstorm rolls over a quiet farm at night."
 FIRE = "A fire truck leaves the station with sirens blaring."
 EXAMPLE_VIDEO = "audiostory_example.mp4"
@@ -85,6 +89,11 @@ def workflows() -> dict[str, dict]:
     w["audiostory_text_to_long_audio"] = {
         "1": _loader(), "2": _planner(), "3": _tokens(["2", 0]), "4": _sampler(["3", 0]),
         "5": _decode(["4", 0], ["3", 0]), "6": _save(["5", 0], "audiostory/text_to_long_audio", "wav"),
+    }
+    w["audiostory_simple"] = {
+        "1": {"class_type": "AudioStorySimple", "inputs": {"root": MODEL_ROOT, "instruction": THUNDER,
+                                                           "duration": 12.0, "seed": 0}},
+        "2": _save(["1", 0], "audiostory/simple", "wav"),
     }
     w["audiostory_plan_editing"] = {
         "1": _loader(),
@@ -245,22 +254,52 @@ def expected_widget_count(info: dict) -> int:
     return n
 
 
+def widget_value(spec: list, value):
+    """The value a widget holds: the graph's, else the schema default (a combo's first choice)."""
+    if value is not None and not isinstance(value, list):
+        return value
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    v = opts.get("default")
+    if v is None and _type_of(spec) == "COMBO":
+        choices = spec[0] if isinstance(spec[0], list) else opts.get("options", [])
+        v = choices[0] if choices else None
+    return v
+
+
 def widget_values_for(info: dict, inputs: dict) -> list:
     vals = []
     for name in input_names(info):
         _, spec = _spec(info, name)
         if not is_widget(spec):
             continue
-        v = inputs.get(name)
-        if v is None or isinstance(v, list):
-            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            v = opts.get("default")
-            if v is None and _type_of(spec) == "COMBO":
-                choices = spec[0] if isinstance(spec[0], list) else opts.get("options", [])
-                v = choices[0] if choices else None
-        vals.append(v)
+        vals.append(widget_value(spec, inputs.get(name)))
         vals += widget_extras(spec)
     return vals
+
+
+def node_title(info: dict, name: str | None, key: str) -> str:
+    """The title a node shows: the workflow's, else the node's display name (as the frontend does)."""
+    return PRESENTATION.get(name or "", {}).get("titles", {}).get(key) or info.get("display_name") or info["name"]
+
+
+def api_twin(api: dict, object_info: dict, name: str | None = None) -> dict:
+    """What ComfyUI's "Export (API)" writes for the UI twin: every widget's value (defaults included),
+    links as [node id, slot], and ``_meta.title`` (scripts and API clients find nodes by title)."""
+    out = {}
+    for k in sorted(api, key=int):
+        cls = api[k]["class_type"]
+        info = object_info[cls]
+        inputs = {}
+        for n in input_names(info):
+            _, spec = _spec(info, n)
+            v = api[k]["inputs"].get(n)
+            if isinstance(v, list) or (v is not None and not is_widget(spec)):
+                inputs[n] = v
+            elif is_widget(spec):
+                inputs[n] = widget_value(spec, v)
+        inputs.update(FRONTEND_EXPORTED.get(cls, {}))
+        out[k] = {"inputs": inputs, "class_type": cls, "_meta": {"title": node_title(info, name, k)}}
+    return out
 
 
 # ---------------------------------------------------------------- presentation
@@ -271,25 +310,42 @@ FRONTEND_ONLY_NODES = ("MarkdownNote", "Note")          # drawn by the frontend,
 NODE_W, WIDE_W, NOTE_W = 300, 380, 360
 NOTE = "note"                     # the Note's key in a layout
 # Widgets the frontend adds: upload button and media preview, the audio player on save nodes (web/audiostory.js)
-FRONTEND_MIN = {"LoadVideo": [540, 340], "LoadAudio": [320, 170], "AudioStorySaveAudio": [300, 140],
+FRONTEND_MIN = {"LoadVideo": [540, 392], "LoadAudio": [320, 170], "AudioStorySaveAudio": [300, 140],
                 "SaveAudio": [300, 116]}
+# Inputs the frontend adds to these nodes (preview widgets) and writes, empty, into "Export (API)"
+FRONTEND_EXPORTED = {"LoadAudio": {"audioUI": ""}, "SaveAudio": {"audioUI": ""},
+                     "AudioStorySaveAudio": {"audioUI": ""}, "LoadVideo": {"video-preview": ""}}
+# Room for the plan text web/plan_text.js adds when the node runs (its widget's MIN_H, 200 px, plus margins),
+# so the grown node stays inside its group
+RUN_TEXT_H = {"AudioStoryPlanner": 216}
 TITLE_H, SLOT_H, WIDGET_H = 30, 20, 24     # LiteGraph's title, slot and widget heights
 MIN_TEXT_H, MAX_TEXT_H = 96, 330          # multiline text boxes
-GROUP_HEAD, GROUP_PAD, GAP, NODE_GAP = 46, 16, 40, 24
+# GROUP_HEAD: the group's title bar plus room for the pack badge the frontend draws above a node's title bar
+GROUP_HEAD, GROUP_PAD, GAP, NODE_GAP = 66, 16, 40, 24
 TOP_BAR, SIDEBAR = 100, 64        # frontend 1.35: tabs + floating menu, left icon bar (CSS px)
 OPEN_VIEW = (1600, 900)           # the opening view (extra.ds) shows the whole graph in a window this size
 
 
 
-MODELS_NOTE = ("**Models.** `ComfyUI/models/audiostory/AudioStory/` holds the official release: `AudioStory-3B/` "
-               "(config.yaml, pytorch_model.bin), `Flux_detokenizer/`, `Qwen2.5-3B-Instruct/`, `flan-t5-large/`. "
-               "Fetch it with `python -m audiostory_core download --models ComfyUI/models/audiostory/AudioStory` "
-               "(run in this pack's folder), then pick the folder in **Load AudioStory models**.")
-REFERENCE_NOTE = ("Sampler `reference_euler`, 50 steps, cfg 4, noise `reference`, crossfade 3 s at 32 kHz is the "
-                  "official AudioStory computation; `seeded` noise makes the seed matter.")
+PACK_DIR = "custom_nodes/comfyui-audiostory"      # where ComfyUI's registry and a `git clone` put the pack
+FETCH = (f"In ComfyUI: menu **Extensions > AudioStory > Download models**. Or in ComfyUI's folder, with "
+         f"ComfyUI's Python: `python {PACK_DIR}/download_models.py`")
+
+
+def fetch_note(what: str, key: str) -> str:
+    """How to get one of the shared models (the menu, or the script with ``--only``)."""
+    return f"**{what}.** {FETCH} `--only {key}`."
+
+
+MODELS_NOTE = ("**Models.** `models/audiostory/AudioStory/` holds the official release (about 20 GB): "
+               "`AudioStory-3B/`, `Flux_detokenizer/`, `Qwen2.5-3B-Instruct/`, `flan-t5-large/`. " + FETCH
+               + ". Then pick the folder in **Load AudioStory models** (press R to refresh the list).")
+REFERENCE_NOTE = ("Noise `seeded`: a new seed gives a new take. Noise `reference` with sampler `reference_euler`, "
+                  "50 steps, cfg 4, crossfade 3 s at 32 kHz is the official AudioStory computation.")
 
 PRESENTATION: dict[str, dict] = {
     "audiostory_text_to_long_audio": {
+        "card": "Instruction to long WAV, node by node. Needs: AudioStory models",
         "file": "AudioStory - Text to long audio",
         "note": ("## Text to long audio\nOne instruction and a total length in, one story out: the planner (LLM) "
                  "reasons and writes timed sound events, each event becomes conditioning tokens, the DiT samples "
@@ -301,8 +357,19 @@ PRESENTATION: dict[str, dict] = {
                  [("3 · Event tokens", YELLOW, [["3"]]), ("4 · Sample", PURPLE, [["4"]]),
                   ("5 · Decode and save", CYAN, [["5", "6"]])]],
     },
+    "audiostory_simple": {
+        "card": "Instruction and length in, audio out. Needs: AudioStory models",
+        "file": "AudioStory - Simple (one node)",
+        "note": ("## Simple (one node)\nType what should happen and how long it lasts; **AudioStory (simple)** "
+                 "plans the timed events, renders them and crossfades them into one WAV. It runs the same "
+                 "nodes as *Text to long audio* with their defaults and seeded noise: a new seed, a new take."
+                 "\n\n" + MODELS_NOTE),
+        "titles": {"1": "AudioStory (simple)", "2": "Save story (WAV)"},
+        "rows": [[(None, "", [[NOTE]]), ("Story", GREEN, [["1"]]), ("Save", CYAN, [["2"]])]],
+    },
     "audiostory_plan_editing": {
-        "file": "AudioStory - Edit the plan by hand",
+        "card": "Renders a plan typed as JSON, no LLM run. Needs: AudioStory models",
+        "file": "AudioStory - Edit the plan",
         "note": ("## Edit the plan by hand\nThe plan is typed or pasted as JSON (reasoning plus events with "
                  "caption and duration in seconds), e.g. copied from a Planner's text output and edited. Edited "
                  "events are re-encoded by teacher forcing, so no generation runs. Saves FLAC with the "
@@ -314,7 +381,8 @@ PRESENTATION: dict[str, dict] = {
                   ("5 · Decode and save", CYAN, [["5", "6"]])]],
     },
     "audiostory_sampler_swap": {
-        "file": "AudioStory - Core samplers (KSampler, custom)",
+        "card": "Core KSampler, custom sampler, core VAE. Needs: AudioStory models",
+        "file": "AudioStory - Core samplers",
         "note": ("## Core samplers\nThe AudioStory DiT is a ComfyUI MODEL: the same event tokens go through core "
                  "**KSampler** (euler, simple, 50 steps, cfg 4) and through **SamplerCustomAdvanced** with "
                  "AudioStory's reference noise (this one reproduces the reference path). Latents are saved "
@@ -332,7 +400,8 @@ PRESENTATION: dict[str, dict] = {
                   ("3b · SamplerCustomAdvanced", YELLOW, [["8", "10"], ["9", "11"], ["12", "15"], ["13", "14"]])]],
     },
     "audiostory_two_chapters_memory": {
-        "file": "AudioStory - Two chapters with memory",
+        "card": "Chapter 2 remembers chapter 1. Needs: AudioStory models",
+        "file": "AudioStory - Two chapters",
         "note": ("## Two chapters with memory\nChapter 1 is planned from the instruction; its plan and last event "
                  "tokens go into a story memory (saved under output/audiostory/memory/). Chapter 2 (here a plan "
                  "written by hand) is rendered with that memory, so its fusion also attends to chapter 1, and "
@@ -347,6 +416,7 @@ PRESENTATION: dict[str, dict] = {
                  [("3 · Chapter 2", PURPLE, [["8"], ["9"], ["10"], ["11"]]), ("4 · Join and save", CYAN, [["12", "13"]])]],
     },
     "audiostory_mux_video": {
+        "card": "A story as a video's sound track. Needs: AudioStory models, a video",
         "file": "AudioStory - Story onto a video",
         "note": ("## Story onto a video\nRenders a story and muxes it onto a video: the video stream is copied "
                  "packet for packet, only the audio is encoded (AAC in MP4). The example video "
@@ -361,13 +431,13 @@ PRESENTATION: dict[str, dict] = {
                   ("4 · Decode, mux and save", CYAN, [["5"], ["7", "8"]])]],
     },
     "audiostory_dubbing": {
+        "card": "Sound for each scene of a video. Needs: AudioStory models, a VLM",
         "file": "AudioStory - Video dubbing",
         "note": ("## Video dubbing\nFinds the scene cuts, asks a local VLM for the sounds of each scene, plans "
                  "one event per scene with its exact length, renders and muxes the result (video stream copied). "
                  "Type captions in the captioner to skip the VLM. The example `audiostory_example.mp4` "
-                 "(generated, CC0) is copied into the input folder by the pack.\n\n**VLM.** "
-                 "`ComfyUI/models/audiostory/Qwen2.5-VL-3B-Instruct/` (Hugging Face "
-                 "`Qwen/Qwen2.5-VL-3B-Instruct`, or any image-text-to-text model folder).\n\n" + MODELS_NOTE),
+                 "(generated, CC0) is copied into the input folder by the pack.\n\n"
+                 + fetch_note("VLM (models/audiostory/Qwen2.5-VL-3B-Instruct/)", "vlm") + "\n\n" + MODELS_NOTE),
         "titles": {"1": "Load AudioStory models", "2": "Example video", "3": "Video · find the scenes",
                    "4": "Video · caption the scenes (VLM)", "5": "Dubbing plan", "6": "Event tokens",
                    "7": "Sampler (reference Euler)", "8": "Decode and crossfade", "9": "Mux onto the video",
@@ -378,12 +448,13 @@ PRESENTATION: dict[str, dict] = {
                   ("4 · Decode, mux and save", CYAN, [["8"], ["9", "10"]])]],
     },
     "audiostory_continuation": {
+        "card": "Continues an audio clip's story. Needs: AudioStory models, Whisper",
         "file": "AudioStory - Audio continuation",
         "note": ("## Audio continuation\nWhisper listens to the input audio (up to 30 s), its features become "
                  "LLM input tokens, and the planner continues the story; the continuation is crossfaded onto "
                  "the input. The example `audiostory_continue_example.wav` (generated, CC0) is copied into the "
-                 "input folder by the pack.\n\n**Whisper.** `ComfyUI/models/audiostory/whisper-large-v3/` "
-                 "(Hugging Face `openai/whisper-large-v3`).\n\n" + MODELS_NOTE),
+                 "input folder by the pack.\n\n"
+                 + fetch_note("Whisper (models/audiostory/whisper-large-v3/)", "whisper") + "\n\n" + MODELS_NOTE),
         "titles": {"1": "Load AudioStory models", "2": "Input audio", "3": "Audio context (Whisper)",
                    "4": "Planner · continue the story", "5": "Event tokens", "6": "Sampler (reference Euler)",
                    "7": "Decode and crossfade", "8": "Join input + continuation", "9": "Save (FLAC)"},
@@ -393,16 +464,15 @@ PRESENTATION: dict[str, dict] = {
                   ("4 · Decode, join and save", CYAN, [["7"], ["8", "9"]])]],
     },
     "audiostory_fix_one_event": {
-        "file": "AudioStory - Fix one event (score and re-roll)",
+        "card": "CLAP finds the weakest event, re-renders it. Needs: AudioStory, CLAP",
+        "file": "AudioStory - Fix one event",
         "note": ("## Fix one event\nRenders the story, scores every event against its caption with CLAP "
                  "(**Score**: a table on the node), then a second sampler re-renders only the weakest event "
                  "(its `render_events` comes from the score; `previous` is the first render) with seeded noise. "
                  "Every other event keeps its latent bit for bit. Change the re-roll seed and queue again: "
                  "only the re-roll, its decode and save run (the planner and first render stay cached). Set "
-                 "**select** to `below_threshold` to re-roll every event under the threshold.\n\n**CLAP.** "
-                 "`ComfyUI/models/audiostory/clap-htsat-unfused/` (Hugging Face `laion/clap-htsat-unfused`; "
-                 "`python -m audiostory_core download --models ComfyUI/models/audiostory --only clap`).\n\n"
-                 + MODELS_NOTE),
+                 "**select** to `below_threshold` to re-roll every event under the threshold.\n\n"
+                 + fetch_note("CLAP (models/audiostory/clap-htsat-unfused/)", "clap") + "\n\n" + MODELS_NOTE),
         "titles": {"1": "Load AudioStory models", "2": "Planner · write the timed events", "3": "Event tokens",
                    "4": "Sampler · first render", "5": "Decode · first render", "6": "Score events (CLAP)",
                    "7": "Sampler · re-roll the weakest event", "8": "Decode · fixed story",
@@ -412,6 +482,19 @@ PRESENTATION: dict[str, dict] = {
                   ("4 · Re-roll and save", CYAN, [["7"], ["8", "10"]])]],
     },
 }
+
+TEMPLATE_CARDS = ROOT / "web" / "template_cards.json"   # card order and descriptions, read by web/templates.js
+
+
+def template_order() -> list[str]:
+    """Template names (file stems) in card order: PRESENTATION's order, "Text to long audio" first."""
+    return [PRESENTATION[n]["file"] for n in PRESENTATION]
+
+
+def template_cards() -> list[dict]:
+    """What web/templates.js shows: each card's name (in order) and description (what it does, what it needs)."""
+    return [{"name": PRESENTATION[n]["file"], "description": PRESENTATION[n]["card"]} for n in PRESENTATION]
+
 
 def ui_file_name(name: str) -> str:
     """The UI/template file of API workflow ``name`` (the frontend shows the file name as the card title)."""
@@ -434,6 +517,7 @@ def node_size(info: dict, inputs: list, outputs: list, values: dict) -> list[int
         h += min(MAX_TEXT_H, max(MIN_TEXT_H, 16 * lines + 24))
     w, h = (WIDE_W if multiline else NODE_W), h
     low = FRONTEND_MIN.get(info.get("name", ""), [0, 0])
+    h += RUN_TEXT_H.get(info.get("name", ""), 0)
     return [max(w, low[0]), max(h, low[1])]
 
 
@@ -601,12 +685,14 @@ def main(argv=None) -> int:
     (out / "api").mkdir(parents=True, exist_ok=True)
     written = {}
     for name, api in workflows().items():
-        (out / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
+        (out / "api" / f"{name}.json").write_text(json.dumps(api_twin(api, info, name), indent=2) + "\n")
         ui = to_ui(api, info, name)
         (out / ui_file_name(name)).write_text(json.dumps(ui, indent=2, ensure_ascii=False) + "\n")
         written[name] = out / ui_file_name(name)
         print(f"wrote {ui_file_name(name)}: fit view {fit_view_scale(ui, (1600, 900)):.2f} at 1600x900, "
               f"{fit_view_scale(ui, (1920, 1080)):.2f} at 1920x1080; opening scale {ui['extra']['ds']['scale']}")
+    if out.resolve() == (ROOT / "workflows").resolve():
+        TEMPLATE_CARDS.write_text(json.dumps(template_cards(), indent=2, ensure_ascii=False) + "\n")
     if not a.no_thumbnails:
         if not a.object_info.startswith("http"):
             ap.error("thumbnails need a running ComfyUI: pass its URL as --object-info, or --no-thumbnails")

@@ -85,7 +85,8 @@ GRAPH_RECT_JS = """() => {
 def render_thumbnails(base_url: str, ui_files: list[Path], chromium: str = CHROMIUM,
                       window: tuple[int, int] = (2400, 1350), thumb: tuple[int, int] = (640, 480)) -> list[Path]:
     """``<name>.jpg`` next to each UI file: the graph at fit view in a large window (so the frontend draws
-    its text), cropped to the graph at the card's 4:3 aspect and scaled down."""
+    its text) with the frontend's menus hidden (focus mode: no tab bar), cropped to the graph at the card's
+    4:3 aspect and scaled down."""
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -96,13 +97,15 @@ def render_thumbnails(base_url: str, ui_files: list[Path], chromium: str = CHROM
         page = ctx.new_page()
         page.set_viewport_size({"width": window[0], "height": window[1]})
         open_comfy(page, base_url)
+        page.evaluate("() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode')")
+        page.wait_for_timeout(500)
         for path in ui_files:
             load_workflow(page, json.loads(Path(path).read_text()))
             page.evaluate("() => { window.app.canvas.show_info = false; }")
             fit_view(page)
             x, y, w, h = page.evaluate(GRAPH_RECT_JS)
             aspect = thumb[0] / thumb[1]
-            cw, ch = max(w + 40, (h + 40) * aspect), max(h + 40, (w + 40) / aspect)
+            cw, ch = max(w + 16, (h + 16) * aspect), max(h + 16, (w + 16) / aspect)
             cx, cy = x + w / 2, y + h / 2
             clip = {"x": max(0, cx - cw / 2), "y": max(0, cy - ch / 2), "width": min(cw, window[0]),
                     "height": min(ch, window[1])}

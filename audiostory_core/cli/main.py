@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import AudioStoryError, GenerationInterrupted
+from ..models.download import KEYS, SOURCES
 from .common import (add_loudness_args, add_model_args, add_plan_args, add_render_args, add_setting_arg, check_args,
                      check_loudness, clip_window, lead, output_level, pipeline, read_plan, settings, tqdm_hooks)
 from .media import COMMANDS as _MEDIA_COMMANDS, add_parsers as _add_media_parsers  # dub, continue
@@ -47,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("download", help="fetch the public weights into the official layout")
     d.add_argument("--models", required=True)
-    d.add_argument("--only", nargs="*", help="subset of: audiostory qwen t5 vae clap (clap only when named)")
+    d.add_argument("--only", nargs="*", choices=KEYS, metavar="KEY",
+                   help=f"subset of: {' '.join(KEYS)} ({', '.join(k.key for k in SOURCES if k.optional)} "
+                        "only when named)")
+    d.add_argument("--shared-models", metavar="DIR",
+                   help="folder for the components every model root shares (clap, vlm, whisper), e.g. "
+                        "ComfyUI's models/audiostory; default: --models")
     d.add_argument("--revision", action="append", default=[], metavar="KEY=REV",
                    help="pin one repo to a branch, tag or commit, e.g. audiostory=<commit> (repeatable)")
     return ap
@@ -199,9 +205,10 @@ def cmd_download(args) -> int:
     for item in args.revision:
         key, sep, rev = item.partition("=")
         if not sep or not key or not rev:
-            raise AudioStoryError(f"--revision takes KEY=REV (KEY: audiostory, qwen, t5, vae), got {item!r}.")
+            raise AudioStoryError(f"--revision takes KEY=REV (KEY: {', '.join(KEYS)}), got {item!r}.")
         revisions[key] = rev
-    download_all(Path(args.models), args.only, revisions)
+    download_all(Path(args.models), args.only, revisions,
+                 shared_root=Path(args.shared_models) if args.shared_models else None)
     return 0
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ..validation import MAX_INSTRUCTION_CHARS, check_text, parse_json
 from ..errors import InputError, ModelFilesError
+from ..models.download import fetch_command
 from ..models.folders import VLM
 from ..progress import Hooks, as_hooks
 from ..shapes import check_loading_info
@@ -49,8 +50,8 @@ def resolve_model_dir(name: Union[str, Path], search_dirs: Sequence[Union[str, P
     where = ", ".join(str(c) for c in dict.fromkeys(cands))
     raise ModelFilesError(
         f"The {what} '{name}' was not found (looked for a folder with config.json at: {where}). "
-        f"Download one, e.g. `huggingface-cli download {example} --local-dir "
-        f"models/audiostory/{example.split('/')[-1]}`, or pass a Hugging Face id.")
+        f"Download one, e.g. `{fetch_command(example, search_dirs)}`, or pass a Hugging Face id.")
+
 
 
 def _load_error(name: str, e: Exception, what: str) -> ModelFilesError:
@@ -106,8 +107,7 @@ class VisionCaptioner:
             if not local:
                 raise ModelFilesError(
                     f"The vision-language model '{name}' is not a local folder and could not be fetched ({e}). "
-                    f"Download it: `huggingface-cli download {name} --local-dir models/audiostory/"
-                    f"{str(name).split('/')[-1]}`.") from e
+                    f"Download it: `{fetch_command(str(name), search_dirs)}`.") from e
             raise _load_error(str(name), e, "vision-language model") from e
         except (ValueError, KeyError) as e:
             raise _load_error(str(name), e, "vision-language model") from e

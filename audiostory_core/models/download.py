@@ -13,25 +13,50 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 from ..atomic import write_text_atomic
 from ..errors import ModelFilesError
-from .sources import SOURCES, Source, cached_snapshot
+from ..progress import NO_HOOKS, Hooks
+from .sources import KEYS, ROOT_NAME, SOURCES, Source, cached_snapshot
 
 
-def hf_command(src: Source, revision: Optional[str] = None) -> str:
-    """The current ``hf download`` command (huggingface_hub >= 0.34) for one repo."""
+def source(key: str) -> Source:
+    """The known source named ``key`` (the only repositories ever fetched)."""
+    for s in SOURCES:
+        if s.key == key:
+            return s
+    raise ModelFilesError(f"Unknown component {key!r}; choose from {list(KEYS)}.")
+
+
+def hf_command(src: Source, revision: Optional[str] = None, local_dir: Optional[Path] = None) -> str:
+    """The current ``hf download`` command (huggingface_hub >= 0.34) for one repo; with ``local_dir``,
+    into that folder instead of the cache."""
     inc = " ".join(f"--include '{p}'" for p in (src.patterns or ()))
     rev = f" --revision {revision}" if revision else ""
-    return f"hf download {src.repo}{rev} {inc}".rstrip()
+    dest = f" --local-dir '{local_dir}'" if local_dir is not None else ""
+    return f"hf download {src.repo}{rev} {inc}{dest}".rstrip()
 
 
-def layout_help(root: Path) -> str:
+def fetch_command(repo: str, search_dirs: Sequence[Union[str, Path]] = ()) -> str:
+    """An ``hf download`` command that puts ``repo`` where it is looked for (an absolute folder, so the
+    command works from any folder): ``<first search dir>/<repo name>``, else ``./models/audiostory/<repo name>``."""
+    base = Path(search_dirs[0]) if search_dirs else Path("models") / "audiostory"
+    known = next((s for s in SOURCES if s.repo == repo), None)
+    src = known or Source(repo, repo, repo.split("/")[-1], None, "")
+    return hf_command(src, local_dir=(base / src.folder).absolute())
+
+
+def target_of(src: Source, root: Path, shared_root: Optional[Path] = None) -> Path:
+    """Where ``src`` is linked: in the model root, or (a shared component) in ``shared_root`` when given."""
+    return (shared_root if src.shared and shared_root is not None else root) / src.folder
+
+
+def layout_help(root: Path, shared_root: Optional[Path] = None) -> str:
     lines = ["Fetch them on a machine with network access (into the Hugging Face cache, then copy the cache "
              "folder or set HF_HUB_CACHE), then run the download command again with HF_HUB_OFFLINE=1:"]
     for s in SOURCES:
-        lines.append(f"  {hf_command(s)}   # -> {root / s.folder}/ ({s.note})")
+        lines.append(f"  {hf_command(s)}   # -> {target_of(s, root, shared_root)}/ ({s.note})")
     return "\n".join(lines)
 
 
@@ -40,7 +65,21 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _fetch(src: Source, revision: Optional[str]) -> Path:
+def _file_counter(hooks: Hooks, stage: str):
+    """A tqdm class for ``snapshot_download``'s file loop that reports each finished file to ``hooks``."""
+    from tqdm.auto import tqdm
+
+    class FileCounter(tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            hooks.report(stage, int(self.n), int(self.total or 0))
+            return out
+
+    return FileCounter
+
+
+def _fetch(src: Source, revision: Optional[str], hooks: Hooks = NO_HOOKS) -> Path:
+    """Fill the cache (resumable: the hub keeps partial files and continues them) and return the snapshot."""
     from huggingface_hub import snapshot_download
 
     patterns = list(src.patterns) if src.patterns else None
@@ -49,7 +88,7 @@ def _fetch(src: Source, revision: Optional[str]) -> Path:
     offline = _offline()
     try:
         return Path(snapshot_download(repo_id=src.repo, revision=revision, allow_patterns=patterns,
-                                      local_files_only=offline))
+                                      local_files_only=offline, tqdm_class=_file_counter(hooks, f"files {src.key}")))
     except Exception as e:
         cached = cached_snapshot(src.repo, revision)  # offline or hub down: a complete cache still serves
         if cached is not None and _files(cached, src):
@@ -147,10 +186,14 @@ def _clean_stale(root: Path) -> None:
 
 def download_all(root: Path, only: Optional[Sequence[str]] = None,
                  revisions: Optional[Mapping[str, str]] = None,
-                 fetch: Callable[[Source, Optional[str]], Path] = _fetch) -> dict[str, Path]:
+                 fetch: Optional[Callable[[Source, Optional[str]], Path]] = None,
+                 shared_root: Optional[Path] = None, hooks: Hooks = NO_HOOKS) -> dict[str, Path]:
     """Fill the cache and link the layout for every (or ``only`` the named) component.
 
-    ``revisions`` pins a repo (key or repo id -> branch, tag or commit). Returns folder -> snapshot.
+    ``revisions`` pins a repo (key or repo id -> branch, tag or commit). Shared components (CLAP, VLM,
+    Whisper) go to ``shared_root`` when given (ComfyUI: ``models/audiostory/``, where the nodes look), else
+    into ``root``. ``hooks`` hears ("download", components done, total) and ("files <key>", files, total).
+    Returns folder -> snapshot.
     """
     try:
         import huggingface_hub  # noqa: F401
@@ -161,23 +204,25 @@ def download_all(root: Path, only: Optional[Sequence[str]] = None,
     bad = sorted(set(revisions) - known) + sorted(set(only or ()) - {s.key for s in SOURCES})
     if bad:
         raise ModelFilesError(f"Unknown component(s) {bad}; choose from {sorted(s.key for s in SOURCES)}.")
-    root.mkdir(parents=True, exist_ok=True)
-    _clean_stale(root)
+    chosen = [s for s in SOURCES if (s.key in only if only else not s.optional)]
+    for folder in {target_of(s, root, shared_root).parent for s in chosen}:
+        folder.mkdir(parents=True, exist_ok=True)
+        _clean_stale(folder)
     done: dict[str, Path] = {}
-    for src in SOURCES:
-        if (only and src.key not in only) or (not only and src.optional):
-            continue
+    hooks.report("download", 0, len(chosen))
+    for i, src in enumerate(chosen):
         rev = revisions.get(src.key) or revisions.get(src.repo)
-        target = root / src.folder
+        target = target_of(src, root, shared_root)
         print(f"{src.repo}{'@' + rev if rev else ''} -> Hugging Face cache -> {target}", file=sys.stderr)
         try:
-            snap = fetch(src, rev)
+            snap = fetch(src, rev) if fetch is not None else _fetch(src, rev, hooks)
         except Exception as e:
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
             why = ("HF_HUB_OFFLINE is set and the cache lacks it" if offline
                    else f"{type(e).__name__}: {e}")
-            raise ModelFilesError(f"Could not download {src.repo} ({why}).\n{layout_help(root)}") from e
+            raise ModelFilesError(f"Could not download {src.repo} ({why}).\n{layout_help(root, shared_root)}") from e
         changed = build_layout(snap, src, target)
         print(f"  {'linked' if changed else 'already linked'}: {target} -> {snap}", file=sys.stderr)
         done[src.folder] = snap
+        hooks.report("download", i + 1, len(chosen))
     return done

@@ -18,6 +18,7 @@ class Source:
     note: str
     renames: tuple[tuple[str, str], ...] = ()
     optional: bool = False      # fetched only when named in ``only`` (not needed to generate)
+    shared: bool = False        # not part of a model root: linked under ``shared_root`` (models/audiostory/)
 
 
 SOURCES = (
@@ -33,8 +34,17 @@ SOURCES = (
            renames=(("vae.safetensors", "model.safetensors"),)),
     Source("clap", "laion/clap-htsat-unfused", "clap-htsat-unfused",
            ("*.json", "merges.txt", "pytorch_model.bin"), "CLAP for `score` (optional: --only clap)",
-           optional=True),
+           optional=True, shared=True),
+    Source("vlm", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-3B-Instruct",
+           ("*.json", "*.jinja", "*.safetensors", "merges.txt", "vocab.json", "LICENSE", "*.md"),
+           "vision-language captioner for video dubbing (optional: --only vlm)", optional=True, shared=True),
+    Source("whisper", "openai/whisper-large-v3", "whisper-large-v3",
+           ("*.json", "model.safetensors", "merges.txt", "vocab.json", "*.md"),
+           "Whisper encoder for audio continuation (optional: --only whisper)", optional=True, shared=True),
 )
+KEYS = tuple(s.key for s in SOURCES)
+# The model root's folder name where the pack fetches into ComfyUI (models/audiostory/<ROOT_NAME>/).
+ROOT_NAME = "AudioStory"
 # Layout folder name -> hub repo, so a config's ``ckpt/Qwen2.5-3B-Instruct`` also resolves from the cache.
 FOLDER_REPOS = {s.folder: s.repo for s in SOURCES}
 

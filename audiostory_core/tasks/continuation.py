@@ -28,6 +28,7 @@ from torch import nn
 
 from ..stages.audio import crossfade_concat, resample
 from ..media.captioning import resolve_model_dir
+from ..models.download import fetch_command
 from ..errors import InputError, ModelFilesError
 from ..models.folders import WHISPER
 from ..models.weights import strict_load
@@ -136,11 +137,9 @@ class WhisperFeatures:
         except (OSError, ValueError, KeyError) as e:
             raise ModelFilesError(
                 f"Cannot load the Whisper model '{name}': {e}. It needs config.json, the weights and "
-                "preprocessor_config.json (e.g. `huggingface-cli download openai/whisper-large-v3 "
-                "--local-dir models/audiostory/whisper-large-v3`).") from e
+                f"preprocessor_config.json (e.g. `{fetch_command('openai/whisper-large-v3', search_dirs)}`).") from e
         check_loading_info(f"Whisper weights in {src}", info,
-                           hint="Download the model again (e.g. `huggingface-cli download openai/whisper-large-v3 "
-                                "--local-dir models/audiostory/whisper-large-v3`).")
+                           hint=f"Download the model again (e.g. `{fetch_command('openai/whisper-large-v3', search_dirs)}`).")
         if fe.feature_size != model.config.num_mel_bins:
             raise ModelFilesError(f"Whisper '{name}': the feature extractor makes {fe.feature_size} mel bins but "
                                   f"the encoder expects {model.config.num_mel_bins}.")

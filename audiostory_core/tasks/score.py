@@ -22,6 +22,7 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..errors import InputError, ModelFilesError
+from ..models.download import fetch_command
 from ..models.folders import CLAP
 from ..shapes import check_loading_info
 from ..stages.event_tokens import clip_seconds
@@ -45,8 +46,8 @@ def locate_clap(models_root: Union[str, Path, None], name: str = DEFAULT_CLAP) -
             return cand
     where = Path(models_root) / name if models_root is not None else direct
     repo = KNOWN_CLAP.get(name, "laion/clap-htsat-unfused")
-    raise ModelFilesError(f"No CLAP model at {where}. Fetch it with `python -m audiostory_core download --models "
-                          f"{models_root or 'DIR'} --only clap` or put https://huggingface.co/{repo} there.")
+    raise ModelFilesError(f"No CLAP model at {where}. Fetch it with "
+                          f"`{fetch_command(repo, [models_root] if models_root is not None else [direct.parent])}`.")
 
 
 def _features(out: Any) -> torch.Tensor:
