@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import AudioStoryError, GenerationInterrupted
-from .common import (add_model_args, add_plan_args, add_render_args, check_args, clip_window, lead, pipeline,
-                     read_plan, tqdm_hooks)
+from .common import (add_model_args, add_plan_args, add_render_args, add_stems_arg, check_args, clip_window, lead,
+                     pipeline, read_plan, tqdm_hooks, write_result_stems)
 from .media import COMMANDS as _MEDIA_COMMANDS, add_parsers as _add_media_parsers  # dub, continue
 from .batch import COMMANDS as _BATCH_COMMANDS, add_parser as _add_batch_parser  # batch
 from .reroll import add_reroll_args, cmd_reroll, score_generated  # generate --reuse/--reroll/--score
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_args(g)
     g.add_argument("--dump", help="also write plan.json, tokens.safetensors, latents.safetensors and the wav here")
     add_reroll_args(g)
+    add_stems_arg(g)
 
     p = sub.add_parser("plan", help="print the story plan as JSON")
     add_model_args(p)
@@ -86,6 +87,7 @@ def check_generate_args(args):
     from its small config, so a plan that cannot be rendered fails before anything loads.
     """
     from ..errors import InputError
+    from ..tasks.stems import CUE_FILES
     from ..validation import AUDIO_FORMATS, check_output_file, check_output_folder, clip_problems
 
     check_args(args)
@@ -93,6 +95,8 @@ def check_generate_args(args):
     out = check_output_file(args.out, formats=AUDIO_FORMATS, inputs=inputs, what="--out")
     if args.dump:
         check_output_folder(args.dump, files=DUMP_FILES + (_dump_audio_name(out),), inputs=inputs, what="--dump")
+    if args.stems:
+        check_output_folder(args.stems, files=CUE_FILES, inputs=inputs + [args.reuse], what="--stems")
     if args.reuse or args.reroll is not None:
         return None
     plan = None
@@ -133,6 +137,8 @@ def cmd_generate(args) -> int:
     n = res.audio.shape[-1]
     print(f"wrote {out} ({n / res.sample_rate:.2f} s, {res.sample_rate} Hz, {len(res.plan.events)} events)",
           file=sys.stderr)
+    if args.stems:
+        write_result_stems(args.stems, res.clips, res.plan, res.sample_rate, args.crossfade, args.crossfade_curve)
     if args.score:
         score_generated(args, res, out, args.crossfade)
     return 0

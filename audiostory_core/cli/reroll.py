@@ -68,6 +68,10 @@ def cmd_reroll(args, pipeline: Callable, write_dump: Callable) -> int:
     if args.dump:
         write_dump(Path(args.dump), res, _audio_name(out), settings)
     write_audio(out, res.audio, res.sample_rate)
+    if args.stems:
+        from .common import write_result_stems
+
+        write_result_stems(args.stems, res.clips, res.plan, res.sample_rate, crossfade, args.crossfade_curve)
     print(f"re-rendered events {format_events(render)} (seed {seed}, {steps} steps); kept "
           f"{len(plan.events) - len(render)} events; wrote {out}", file=sys.stderr)
     if args.score:
