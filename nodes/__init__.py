@@ -11,7 +11,7 @@ import logging
 
 log = logging.getLogger("AudioStory")
 
-NODE_MODULES = ("loader", "planner", "tokens", "sampler", "output", "video", "continuation", "score")
+NODE_MODULES = ("loader", "planner", "timeline", "tokens", "sampler", "output", "video", "continuation", "score")
 
 
 def load_nodes() -> list:

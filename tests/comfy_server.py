@@ -32,6 +32,7 @@ NODE_IDS = (
     "AudioStoryConsistencyMemory", "AudioStorySampler", "AudioStoryNoise", "AudioStoryDecode",
     "AudioStorySaveAudio", "AudioStoryMuxVideo", "AudioStoryVideoScenes", "AudioStoryVideoCaptioner",
     "AudioStoryDubbingPlan", "AudioStoryAudioContext", "AudioStoryContinuationJoin", "AudioStoryScore",
+    "AudioStoryTimeline",
 )
 # Lines in ComfyUI's log that mean part of the pack did not load (nodes/__init__.py, ComfyUI's loader).
 IMPORT_FAILURE_MARKERS = ("AudioStory: nodes/", "IMPORT FAILED", "Cannot import")
