@@ -11,7 +11,8 @@ import logging
 
 log = logging.getLogger("AudioStory")
 
-NODE_MODULES = ("loader", "planner", "tokens", "sampler", "output", "video", "continuation", "score", "simple")
+NODE_MODULES = ("loader", "planner", "timeline", "tokens", "sampler", "output", "video", "continuation", "score",
+                "simple")
 
 
 def load_nodes() -> list:

@@ -12,12 +12,13 @@ from comfy_api.latest import io, ui
 
 from ..audiostory_core.errors import InputError
 from ..audiostory_core.validation import check_texts
-from ..audiostory_core.stages.audio import crossfade_concat, resample, write_audio
+from ..audiostory_core.stages.audio import clip_samples, crossfade_concat, resample, write_audio
 from ..audiostory_core.stages.event_tokens import clip_seconds
 from ..audiostory_core.models.config import HOP
 from ..audiostory_core.stages.fast_vae import DEFAULT_OVERLAP
 from ..audiostory_core.stages.loudness import (DEFAULT_TRUE_PEAK, LOUDNESS_OFF, LOUDNESS_RANGE, TRUE_PEAK_RANGE,
                                                full_scale_note, normalize_loudness)
+from ..audiostory_core.tasks.stems import write_stems
 from .common import CATEGORY, Events, comfy_low_vram, make_hooks, node_perf, reference_input, reference_numerics
 from .widgets import setting_input
 from .input_checks import sample_rate_problem
@@ -136,6 +137,14 @@ class AudioStorySaveAudio(io.ComfyNode):
                                max=TRUE_PEAK_RANGE[1], step=0.1, optional=True,
                                tooltip="With a loudness target: the true-peak ceiling; the gain stops there, "
                                        "even under the target."),
+                io.Audio.Input("clips", optional=True,
+                               tooltip="For stems: the clips output of AudioStoryDecode."),
+                Events.Input("events", optional=True,
+                             tooltip="For stems: the events the clips were rendered from (offsets, captions)."),
+                io.Boolean.Input("stems", default=False, optional=True,
+                                 tooltip="Also write every event's clip (before the crossfade) as a WAV at its "
+                                         "offset, stems.json, an Audacity labels.txt and WebVTT cues.vtt into "
+                                         "<name>_stems/ (needs clips and events connected)."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
@@ -155,21 +164,50 @@ class AudioStorySaveAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, filename_prefix, format, quality="128k", loudness_lufs=LOUDNESS_OFF,
-                true_peak_dbtp=DEFAULT_TRUE_PEAK) -> io.NodeOutput:
+                true_peak_dbtp=DEFAULT_TRUE_PEAK, clips=None, events=None, stems=False) -> io.NodeOutput:
         """Writes the files and returns the same UI payload as core SaveAudio (``{"audio": [...]}``), which the
         pack's web extension (web/audiostory.js) plays in an audio widget on the node."""
         check_texts(filename_prefix=filename_prefix)
         from comfy.cli_args import args
 
+        split = stem_clips(clips, events) if stems else None     # checked before anything is written
         audio = output_level(audio, loudness_lufs, true_peak_dbtp)
         if format in CORE_SAVE_FORMATS:
             if quality not in CORE_QUALITIES:
                 raise InputError(f"quality must be one of {CORE_QUALITIES}, got {quality!r}")
-            return io.NodeOutput(ui=ui.SavedAudios(ui.AudioSaveHelper.save_audio(
-                audio, filename_prefix=safe_prefix(filename_prefix), folder_type=io.FolderType.output, cls=cls,
-                format=format, quality=quality)))
+            saved = ui.AudioSaveHelper.save_audio(audio, filename_prefix=safe_prefix(filename_prefix),
+                                                  folder_type=io.FolderType.output, cls=cls, format=format,
+                                                  quality=quality)
+            if split is not None:
+                save_stems(*split, events, saved[0])
+            return io.NodeOutput(ui=ui.SavedAudios(saved))
         meta = {} if args.disable_metadata else workflow_metadata(cls.hidden.prompt, cls.hidden.extra_pnginfo)
-        return io.NodeOutput(ui=ui.SavedAudios(save_audio_files(audio, filename_prefix, format, meta)))
+        saved = save_audio_files(audio, filename_prefix, format, meta)
+        if split is not None:
+            save_stems(*split, events, saved[0])
+        return io.NodeOutput(ui=ui.SavedAudios(saved))
+
+
+def stem_clips(clips, events) -> tuple[list, int]:
+    """The zero-padded ``clips`` batch of AudioStoryDecode cut back to each clip's length ([C, S_i] each), and
+    its sample rate."""
+    if not isinstance(events, EventsBundle) or not isinstance(clips, dict) or "waveform" not in clips:
+        raise InputError("stems needs the clips output of AudioStoryDecode and the events it decoded, both "
+                         "connected to AudioStorySaveAudio (or turn stems off).")
+    batch, sr = clips["waveform"], int(clips["sample_rate"])
+    lengths = [clip_samples(s, events.vae_sample_rate, sr) for s in events.clip_seconds]
+    if batch.shape[0] != events.count or max(lengths) != batch.shape[-1]:
+        raise InputError(f"The clips ({batch.shape[0]} x {batch.shape[-1]} samples) do not match the "
+                         f"{events.count} events ({max(lengths)} samples for the longest); connect the clips "
+                         "and events of the same AudioStoryDecode, with its crossfade equal to the events'.")
+    return [batch[i, :, :n].float().cpu() for i, n in enumerate(lengths)], sr
+
+
+def save_stems(clips: list, sample_rate: int, events: EventsBundle, story: ui.SavedResult) -> None:
+    """Stems, labels and cues of one story into ``<story name>_stems/`` next to the saved story."""
+    folder = Path(folder_paths.get_output_directory()) / story.subfolder / (Path(story.filename).stem + "stems")
+    captions = [e.caption for e in events.plan.events] if events.plan is not None else [""] * events.count
+    write_stems(folder, clips, captions, sample_rate, events.crossfade, crossfade_curve=None)
 
 
 def output_level(audio, loudness_lufs: float, true_peak_dbtp: float):

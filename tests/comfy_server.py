@@ -34,6 +34,7 @@ NODE_IDS = (
     "AudioStorySaveAudio", "AudioStoryMuxVideo", "AudioStoryVideoScenes", "AudioStoryVideoCaptioner",
     "AudioStoryDubbingPlan", "AudioStoryAudioContext", "AudioStoryContinuationJoin", "AudioStoryScore",
     "AudioStorySimple",
+    "AudioStoryTimeline",
 )
 # Lines in ComfyUI's log that mean part of the pack did not load (nodes/__init__.py, ComfyUI's loader).
 IMPORT_FAILURE_MARKERS = ("AudioStory: nodes/", "IMPORT FAILED", "Cannot import")

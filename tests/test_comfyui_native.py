@@ -21,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import comfy_server
@@ -125,6 +126,35 @@ def test_save_node_returns_the_core_audio_payload(comfy):
     with comfy_server.urllib.request.urlopen(f"{comfy.base}/view?filename={items[0]['filename']}"
                                              f"&subfolder=audiostory&type=output") as resp:
         assert resp.read() == f.read_bytes()
+
+
+def test_save_node_writes_stems_that_remix_to_the_story(comfy):
+    """stems=True with the decoder's clips and the events: one WAV per event beside the story, and laid at the
+    offsets of stems.json with the crossfade they give back the saved story (independent re-mix of test_stems)."""
+    import soundfile as sf
+    from test_stems import read_audacity_labels, remix
+
+    api = _api()
+    api["4"]["inputs"].update(seed=12, steps=2)
+    api["6"]["inputs"].update(filename_prefix="audiostory/stems", format="wav", clips=["5", 1], events=["3", 0],
+                              stems=True)
+    entry = _ok(comfy.run(api))
+    saved = entry["outputs"]["6"]["audio"][0]
+    folder = comfy.root / "output" / saved["subfolder"] / (Path(saved["filename"]).stem + "stems")
+    index = json.loads((folder / "stems.json").read_text())
+    story, sr = sf.read(str(folder.parent / saved["filename"]), dtype="float32", always_2d=True)
+    assert index["sample_rate"] == sr and len(index["events"]) >= 2
+    mixed = remix(folder, index)
+    assert mixed.shape == story.T.shape
+    np.testing.assert_allclose(mixed, story.T, atol=1e-5)
+    labels = read_audacity_labels(folder / "labels.txt")
+    assert [c for _, _, c in labels] == [e["caption"] for e in index["events"]]
+
+    api["6"]["inputs"].pop("clips")     # stems without the clips: refused, nothing written
+    api["6"]["inputs"]["filename_prefix"] = "audiostory/stems_refused"
+    entry = comfy.run(api)
+    assert "stems needs the clips output of AudioStoryDecode" in comfy_server.error_of(entry)
+    assert not list((comfy.root / "output" / "audiostory").glob("stems_refused*"))
 
 
 def test_player_extension_is_served(comfy):

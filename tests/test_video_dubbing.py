@@ -272,8 +272,13 @@ def test_cli_dub_with_typed_captions(shared_root, cut_video, tmp_path, monkeypat
     out, plan = tmp_path / "out.mkv", tmp_path / "plan.json"
     rc = main(["dub", "--models", str(shared_root), "--video", str(cut_video), "--out", str(out),
                "--captions", str(caps), "--plan-out", str(plan), "--scenes-out", str(tmp_path / "scenes.json"),
-               "--steps", "2", "--max-new-tokens", "80", "--device", "cpu", "--quiet"])
+               "--steps", "2", "--max-new-tokens", "80", "--device", "cpu", "--quiet", "--stems", str(tmp_path / "st")])
     assert rc == 0 and video_packets(out) == video_packets(cut_video)
+    # stems: one per scene, cues on the video's clock (from its first frame, at the cuts)
+    cues = json.loads((tmp_path / "st" / "stems.json").read_text())["events"]
+    first = probe_video(cut_video).start
+    assert [c["caption"] for c in cues] == [e["caption"] for e in json.loads(plan.read_text())["events"]]
+    np.testing.assert_allclose([c["start"] for c in cues], [first + t for t in (0.0, 2.0, 4.5)], atol=0.05)
     assert json.loads(plan.read_text())["format"] == "audiostory-plan/1"
     assert [s["caption"] for s in json.loads((tmp_path / "scenes.json").read_text())["scenes"]] == CAPTIONS
     rc = main(["dub", "--models", str(shared_root), "--video", str(tmp_path / "nope.mp4"), "--out",

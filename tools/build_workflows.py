@@ -207,7 +207,24 @@ def workflows() -> dict[str, dict]:
         "9": _save(["5", 0], "audio/AudioStory_before_reroll", "wav"),
         "10": _save(["8", 0], "audio/AudioStory_fixed", "wav"),
     }
+    w["audiostory_timeline"] = timeline_workflow()
     return w
+
+
+def timeline_workflow() -> dict:
+    """Edit the story on a timeline: the Timeline's selected blocks (render_events) are re-rendered by the
+    second sampler over the first render (previous); nothing selected = the first render passes through.
+    The save writes stems, labels and cues beside the story."""
+    reroll = _sampler(["3", 0])
+    reroll["inputs"].update(seed=7, noise="seeded", previous=["4", 0], render_events=["2", 2])
+    save = _save(["6", 0], "audiostory/timeline", "flac")
+    save["inputs"].update(clips=["6", 1], events=["3", 0], stems=True)
+    return {
+        "1": _loader(),
+        "2": {"class_type": "AudioStoryTimeline",
+              "inputs": {"plan_json": json.dumps(EDITED_PLAN, indent=2), "render_events": ""}},
+        "3": _tokens(["2", 0]), "4": _sampler(["3", 0]), "5": reroll, "6": _decode(["5", 0], ["3", 0]), "7": save,
+    }
 
 
 # ---------------------------------------------------------------- UI conversion
@@ -311,6 +328,7 @@ NODE_W, WIDE_W, NOTE_W = 300, 380, 360
 NOTE = "note"                     # the Note's key in a layout
 # Widgets the frontend adds: upload button and media preview, the audio player on save nodes (web/audiostory.js)
 FRONTEND_MIN = {"LoadVideo": [540, 392], "LoadAudio": [320, 170], "AudioStorySaveAudio": [300, 140],
+                "AudioStoryTimeline": [660, 300],
                 "SaveAudio": [300, 116]}
 # Inputs the frontend adds to these nodes (preview widgets) and writes, empty, into "Export (API)"
 FRONTEND_EXPORTED = {"LoadAudio": {"audioUI": ""}, "SaveAudio": {"audioUI": ""},
@@ -482,6 +500,24 @@ PRESENTATION: dict[str, dict] = {
                   ("4 · Re-roll and save", CYAN, [["7"], ["8", "10"]])]],
     },
 }
+PRESENTATION["audiostory_timeline"] = {
+    "file": "AudioStory - Edit the story on a timeline",
+    "note": ("## Edit the story on a timeline\nThe plan's events are blocks on a time axis: drag a block's right "
+             "edge to change its duration (0.1 s steps), double-click to edit its caption, add, delete and move "
+             "events with the buttons (or arrows, Enter, Delete, Alt+arrows). A red block names the limit it "
+             "breaks. Paste a Planner's plan_json into the timeline to start from a generated plan.\n\n"
+             "**Re-roll:** click (shift-click) blocks to select events, then queue: the second sampler re-renders "
+             "only those (seed 7), every other event keeps its latent; with nothing selected the first render "
+             "passes through. The save writes the story (FLAC) and, in `<name>_stems/`, one WAV per event, "
+             "stems.json (offsets), labels.txt (Audacity) and cues.vtt (WebVTT).\n\n" + MODELS_NOTE),
+    "titles": {"1": "Load AudioStory models", "2": "Timeline · shape the story", "3": "Event tokens",
+               "4": "Sampler · first render", "5": "Sampler · re-roll the selected events", "6": "Decode",
+               "7": "Save story and stems"},
+    "rows": [[(None, "", [[NOTE]]), ("1 · Models", BLUE, [["1"]]), ("2 · Timeline", GREEN, [["2"]])],
+             [("3 · Event tokens", YELLOW, [["3"]]), ("4 · Render and re-roll", PURPLE, [["4"], ["5"]]),
+              ("5 · Decode and save", CYAN, [["6", "7"]])]],
+}
+
 
 TEMPLATE_CARDS = ROOT / "web" / "template_cards.json"   # card order and descriptions, read by web/templates.js
 

@@ -98,6 +98,23 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
         add_setting_arg(p, name)
 
 
+def add_stems_arg(p: argparse.ArgumentParser, clock: str = "the story's") -> None:
+    """``--stems DIR``: every event's clip as its own file at its offset, with label and cue tracks."""
+    p.add_argument("--stems", metavar="DIR",
+                   help="also write each event's clip (before the crossfade) as eventNN_at_<start>s.wav, "
+                        f"stems.json (offsets), labels.txt (Audacity) and cues.vtt (WebVTT), times on {clock} clock")
+
+
+def write_result_stems(folder: str, clips, plan, sample_rate: int, crossfade: float, crossfade_curve: str,
+                       origin: float = 0.0) -> None:
+    """Write the stems of one rendered story and say where they went."""
+    from ..tasks.stems import write_stems
+
+    written = write_stems(folder, clips, [e.caption for e in plan.events], sample_rate, crossfade,
+                          crossfade_curve=crossfade_curve, origin=origin)
+    print(f"wrote {len(clips)} stems, labels.txt and cues.vtt into {folder} ({len(written)} files)", file=sys.stderr)
+
+
 def add_render_args(p: argparse.ArgumentParser, seed_help: str = "") -> None:
     """Sampling, output and progress options: one definition for generate, dub, continue and batch."""
     for name in RENDER_KEYS:

@@ -13,8 +13,9 @@ from typing import Iterator, Optional
 
 from ..errors import AudioStoryError, GenerationInterrupted
 from ..models.download import KEYS, SOURCES
-from .common import (add_loudness_args, add_model_args, add_plan_args, add_render_args, add_setting_arg, check_args,
-                     check_loudness, clip_window, lead, output_level, pipeline, read_plan, settings, tqdm_hooks)
+from .common import (add_loudness_args, add_model_args, add_plan_args, add_render_args, add_setting_arg, add_stems_arg,
+                     check_args, check_loudness, clip_window, lead, output_level, pipeline, read_plan, settings,
+                     tqdm_hooks, write_result_stems)
 from .media import COMMANDS as _MEDIA_COMMANDS, add_parsers as _add_media_parsers  # dub, continue
 from .batch import COMMANDS as _BATCH_COMMANDS, add_parser as _add_batch_parser  # batch
 from .reroll import add_reroll_args, cmd_reroll, score_generated  # generate --reuse/--reroll/--score
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_loudness_args(g)
     g.add_argument("--dump", help="also write plan.json, tokens.safetensors, latents.safetensors and the wav here")
     add_reroll_args(g)
+    add_stems_arg(g)
 
     p = sub.add_parser("plan", help="print the story plan as JSON")
     add_model_args(p)
@@ -96,6 +98,7 @@ def check_generate_args(args):
     from its small config, so a plan that cannot be rendered fails before anything loads.
     """
     from ..errors import InputError
+    from ..tasks.stems import CUE_FILES
     from ..validation import (AUDIO_FORMATS, check_output_file, check_output_folder, check_outside_input_folder,
                               clip_problems)
 
@@ -107,6 +110,9 @@ def check_generate_args(args):
     if args.dump:
         check_output_folder(args.dump, files=DUMP_FILES + (_dump_audio_name(out),), inputs=inputs, what="--dump")
         check_outside_input_folder(args.dump, args.reuse, "--dump", "the --reuse folder")
+    if args.stems:
+        check_output_folder(args.stems, files=CUE_FILES, inputs=inputs + [args.reuse], what="--stems")
+        check_outside_input_folder(args.stems, args.reuse, "--stems", "the --reuse folder")
     if args.reuse or args.reroll is not None:
         check_reuse_story(args)
         return None
@@ -177,6 +183,8 @@ def cmd_generate(args) -> int:
     n = res.audio.shape[-1]
     print(f"wrote {out} ({n / res.sample_rate:.2f} s, {res.sample_rate} Hz, {len(res.plan.events)} events)",
           file=sys.stderr)
+    if args.stems:
+        write_result_stems(args.stems, res.clips, res.plan, res.sample_rate, args.crossfade, args.crossfade_curve)
     if args.score:
         score_generated(args, res, out, args.crossfade)
     return 0

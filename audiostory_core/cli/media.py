@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from ..models.folders import VLM, WHISPER
-from .common import (add_decode_args, add_render_args, check_args, clip_window, lead, pipeline, read_plan, settings,
-                     tqdm_hooks)
+from .common import (add_decode_args, add_render_args, add_stems_arg, check_args, clip_window, lead, pipeline, read_plan,
+                     settings, tqdm_hooks, write_result_stems)
 
 
 def add_parsers(sub, add_model_args) -> None:
@@ -39,6 +39,7 @@ def add_parsers(sub, add_model_args) -> None:
     d.add_argument("--audio-codec", help="override: aac, libopus, ...")
     add_render_args(d)
     add_decode_args(d)
+    add_stems_arg(d, "the video's")
 
     c = sub.add_parser("continue", help="audio clip + instruction -> the clip followed by its continuation")
     add_model_args(c)
@@ -96,6 +97,11 @@ def check_dub_args(args):
     for name in ("scenes_out", "plan_out"):
         if getattr(args, name):
             check_output_file(getattr(args, name), inputs=inputs + [args.out], what="--" + name.replace("_", "-"))
+    if args.stems:
+        from ..tasks.stems import CUE_FILES
+        from ..validation import check_output_folder
+
+        check_output_folder(args.stems, files=CUE_FILES, inputs=inputs + [args.out], what="--stems")
     return read_plan(args.plan) if args.plan else None
 
 
@@ -145,6 +151,10 @@ def cmd_dub(args) -> int:
                         audio_codec=args.audio_codec, hooks=hooks)
         if args.plan_out:
             write_text_atomic(args.plan_out, res.plan.to_json())
+        if args.stems:   # cues on the video's clock: the soundtrack starts at the first frame
+            track = res.soundtrack
+            write_result_stems(args.stems, track.clips, res.plan, track.sample_rate, track.crossfade,
+                               args.crossfade_curve, origin=scenes.info.start)
     finally:
         close()
     for p in res.plan.problems + res.soundtrack.problems:

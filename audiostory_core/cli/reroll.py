@@ -62,6 +62,10 @@ def cmd_reroll(args, pipeline: Callable, write_dump: Callable) -> int:
     if args.dump:
         write_dump(Path(args.dump), res, _audio_name(out), dump_settings(replace(s, sample_rate=res.sample_rate)))
     write_audio(out, output_level(args, res.audio, res.sample_rate), res.sample_rate)
+    if args.stems:
+        from .common import write_result_stems
+
+        write_result_stems(args.stems, res.clips, res.plan, res.sample_rate, s.crossfade, s.crossfade_curve)
     print(f"re-rendered events {format_events(render)} (seed {seed}, {s.steps} steps); kept "
           f"{len(plan.events) - len(render)} events; wrote {out}", file=sys.stderr)
     if args.score:

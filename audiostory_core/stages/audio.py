@@ -48,6 +48,16 @@ def resample(wave: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
     return AF.resample(wave, orig_sr, target_sr)
 
 
+def resampled_length(samples: int, orig_sr: int, target_sr: int) -> int:
+    """Length :func:`resample` gives ``samples`` samples: ``ceil(samples * target / orig)`` (torchaudio's rule)."""
+    return int(samples) if orig_sr == target_sr else -(-int(samples) * int(target_sr) // int(orig_sr))
+
+
+def clip_samples(seconds: float, vae_sr: int, sample_rate: int) -> int:
+    """Samples of one decoded clip after the decode's trim (``int(seconds * vae_sr)``) and the resample."""
+    return resampled_length(int(seconds * vae_sr), vae_sr, sample_rate)
+
+
 def crossfade_concat(clips: Sequence[torch.Tensor], sample_rate: int, seconds: float = 3.0,
                      crossfade_curve: str = "linear") -> torch.Tensor:
     """Join clips [C, S] with a crossfade of ``seconds``; total = sum(len) - (n-1) * fade samples.

@@ -154,6 +154,7 @@ class Soundtrack:
     sample_rate: int
     crossfade: float
     problems: list[str] = field(default_factory=list)
+    clips: list[torch.Tensor] = field(default_factory=list)   # per event, before the crossfade (for stems)
 
 
 def render_soundtrack(pipe, plan: StoryPlan, video_seconds: float, *, crossfade: float = 3.0,
@@ -173,10 +174,10 @@ def render_soundtrack(pipe, plan: StoryPlan, video_seconds: float, *, crossfade:
     toks = event_tokens(pipe.models.planner, plan, None, hooks)
     lat = pipe.sample(toks, crossfade=cf, steps=steps, guidance=guidance, noise=noise, seed=seed,
                       sampler=sampler, hooks=hooks)
-    audio, _, sr = pipe.decode(lat, plan.durations, crossfade=cf, sample_rate=sample_rate,
-                               crossfade_curve=crossfade_curve, hooks=hooks)
+    audio, clips, sr = pipe.decode(lat, plan.durations, crossfade=cf, sample_rate=sample_rate,
+                                   crossfade_curve=crossfade_curve, hooks=hooks)
     return Soundtrack(audio=fit_length(audio, int(round(video_seconds * sr))), sample_rate=sr, crossfade=cf,
-                      problems=problems)
+                      problems=problems, clips=clips)
 
 
 @dataclass
