@@ -71,20 +71,27 @@ def add_render_args(p: argparse.ArgumentParser, seed_help: str = "seed of the pe
     p.add_argument("--crossfade", type=float, default=3.0)
     p.add_argument("--crossfade-curve", choices=["linear", "equal_power"], default="linear")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="apply a DiT LoRA from `train` at a strength (default 1; 0 = off), in memory (repeatable)")
 
 
 def pipeline(args, planner=True, dit=True, vae=True):
     from ..models.config import locate
     from ..models.loading import load_models
     from ..pipeline import AudioStoryPipeline, resolve_device, resolve_dtype
+    from ..training.lora_files import apply_lora, read_loras
 
     paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
                    qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
     dev = resolve_device(args.device)
+    loras = read_loras(getattr(args, "lora", None) or [])   # checked before anything loads
     models = load_models(paths, resolve_dtype(args.dtype, dev), dev, planner=planner, dit=dit, vae=vae,
                          strict=getattr(args, "strict", False))
     for w in models.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if loras and models.dit is not None:
+        for lf, strength in loras:
+            apply_lora(models.dit, lf, strength)
     return AudioStoryPipeline(models)
 
 

@@ -142,12 +142,12 @@ def apply_lora(model: torch.nn.Module, lora: Union[LoraFile, str, Path], strengt
     return len(todo)
 
 
-def apply_loras(model: torch.nn.Module, specs: Sequence[LoraSpec]) -> int:
-    """Apply several LoRAs in order (their deltas add up)."""
-    if len(specs) > MAX_LORAS:
-        raise InputError(f"{len(specs)} LoRAs given; the limit is {MAX_LORAS}.")
-    files = [(read_lora(s.path), s.strength) for s in specs]   # read and check all before changing anything
-    return sum(apply_lora(model, lf, st) for lf, st in files)
+def read_loras(texts: Sequence[str]) -> list[tuple[LoraFile, float]]:
+    """Parse and read every ``FILE[:strength]`` before any model changes (their deltas add up when applied)."""
+    if len(texts) > MAX_LORAS:
+        raise InputError(f"{len(texts)} LoRAs given; the limit is {MAX_LORAS}.")
+    specs = [LoraSpec.parse(t) for t in texts]
+    return [(read_lora(s.path), s.strength) for s in specs]
 
 
 def lora_metadata(path: Union[str, Path]) -> Optional[dict]:

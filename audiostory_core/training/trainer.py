@@ -322,6 +322,10 @@ class Trainer:
         if self.dist.rank == 0:
             if self.step == 0 or not log.is_file():
                 log.write_text("step,loss,lr,seconds\n")
+            else:   # drop the rows of steps after the checkpoint (they are computed again)
+                rows = log.read_text().splitlines()
+                keep = [r for r in rows[1:] if r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= self.step]
+                log.write_text("\n".join(rows[:1] + keep) + "\n")
             f = log.open("a", newline="")
             writer = csv.writer(f)
         t0, first = time.perf_counter(), self.step
