@@ -223,3 +223,13 @@ def test_two_rank_torchrun_equals_one_process_with_the_same_global_batch(tiny_ro
     for k in a.pairs:
         for x, y in zip(a.pairs[k], b.pairs[k]):
             assert torch.allclose(x, y, atol=1e-5), k
+
+
+def test_generate_lora_option_checks_the_file_before_loading(tiny_root, tmp_path, capsys):
+    from audiostory_core.cli.main import main
+
+    rc = main(["generate", "--models", str(tiny_root), "--instruction", "Rain.", "--duration", "5",
+               "--out", str(tmp_path / "story.wav"), "--lora", f"{tmp_path / 'mine.safetensors'}:0.5"])
+    assert rc == 2
+    assert "mine.safetensors does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "story.wav").exists()
