@@ -6,6 +6,7 @@ Oobleck encoder); the conditioning comes from the tiny planner by teacher forcin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import os
@@ -193,7 +194,7 @@ def test_resume_after_an_interrupt_equals_an_uninterrupted_run(tiny_pipeline, cl
     assert resumed.losses == pytest.approx(straight, rel=1e-6, abs=1e-7)
     a, b = read_lora(tmp_path / "a" / "lora.safetensors"), read_lora(tmp_path / "b" / "lora.safetensors")
     assert all(torch.allclose(a.pairs[k][1], b.pairs[k][1], atol=1e-6) for k in a.pairs)
-    other = _config(steps=4, batch_size=1, grad_accum=2, save_every=2, lr=5e-3)
+    other = dataclasses.replace(cfg, lr=5e-3)
     with pytest.raises(InputError, match="other settings \\(lr\\)"):
         Trainer(_dit(tiny_pipeline), clips, other, tmp_path / "b").run()
 
