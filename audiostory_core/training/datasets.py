@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -228,7 +229,7 @@ def cached_latents(vae, examples: list[TrainExample], frames: int, hop: int, see
         g = torch.Generator().manual_seed(int(latent_cache_key(ex, cfg, frames, seed)[:15], 16))
         z = encode_latents(vae, ex.wave, frames, hop, g)
         if path is not None:
-            with atomic_write(path) as tmp:
+            with atomic_write(path, f"{path.name}.{os.getpid()}.part") as tmp:   # ranks may write at once
                 save_file({"latents": z.contiguous()}, str(tmp))
         out.append(z)
     return out
