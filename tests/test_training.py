@@ -234,3 +234,35 @@ def test_generate_lora_option_checks_the_file_before_loading(tiny_root, tmp_path
     assert rc == 2
     assert "mine.safetensors does not exist" in capsys.readouterr().err
     assert not (tmp_path / "story.wav").exists()
+
+
+def test_cli_train_reports_bad_lines_and_writes_the_lora_and_log(tiny_root, tmp_path, capsys):
+    """The CLI end to end on the tiny model. Its VAE decodes but cannot encode 64 latent channels, so the
+    latent cache is filled first (the keys are the ones the CLI computes from the clips it reads)."""
+    need_peft()
+    from safetensors.torch import save_file
+
+    from audiostory_core.cli.main import main
+    from audiostory_core.training.datasets import latent_cache_key
+
+    _wav(tmp_path / "tone.wav", 1.5)
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    (tmp_path / "clips.csv").write_text("audio,caption\ntone.wav,a pure tone\nbroken.wav,unreadable\n")
+    vae_cfg = json.loads((tiny_root / "Flux_detokenizer" / "vae_config.json").read_text())
+    frames = json.loads((tiny_root / "Flux_detokenizer" / "config.json").read_text())["audio_seq_len"]
+    examples, _ = load_examples(tmp_path / "clips.csv", vae_cfg["sampling_rate"], vae_cfg["audio_channels"], 8.0)
+    from audiostory_core.models.config import locate
+    from audiostory_core.models.loading import load_models
+
+    full_cfg = dict(load_models(locate(tiny_root), torch.float32, "cpu", planner=False, dit=False).vae.config)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for ex in examples:
+        save_file({"latents": torch.randn(frames, 64)}, str(cache / f"{latent_cache_key(ex, full_cfg, frames, 0)}.safetensors"))
+    rc = main(["train", "--models", str(tiny_root), "--data", str(tmp_path / "clips.csv"), "--out", str(tmp_path / "run"),
+               "--steps", "2", "--latent-cache", str(cache), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "1 clips used, 1 skipped" in err and "clips.csv:3: Cannot read audio file" in err
+    assert read_lora(tmp_path / "run" / "lora.safetensors").metadata["target"] == "dit"
+    assert len((tmp_path / "run" / "train_log.csv").read_text().splitlines()) == 3

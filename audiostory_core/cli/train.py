@@ -60,7 +60,7 @@ def progress_hooks(enabled: bool, losses: list):
         if not enabled:
             return
         if bar is None:
-            bar = tqdm(total=total, initial=done - 1, desc="train", unit="step", file=sys.stderr)
+            bar = tqdm(total=total, initial=done, desc="train", unit="step", file=sys.stderr)
         bar.update(done - bar.n)
         if losses:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
