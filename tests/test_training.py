@@ -266,3 +266,25 @@ def test_cli_train_reports_bad_lines_and_writes_the_lora_and_log(tiny_root, tmp_
     assert "1 clips used, 1 skipped" in err and "clips.csv:3: Cannot read audio file" in err
     assert read_lora(tmp_path / "run" / "lora.safetensors").metadata["target"] == "dit"
     assert len((tmp_path / "run" / "train_log.csv").read_text().splitlines()) == 3
+
+
+def test_after_training_the_caption_samples_closer_to_its_clip(tiny_pipeline, clips, tmp_path):
+    """One clip, its caption's tokens, the sampler's seeded noise (seed 7), 8 Euler steps with guidance 1 (the
+    conditional velocity the loss trains). Mean squared distance to the clip's latents: measured 2.59 before,
+    1.32 after 40 steps; the bound asks for a 25 % cut."""
+    need_peft()
+    from audiostory_core.stages.sampling import make_noise, sample_latents
+
+    one = TrainData(clips.tokens[:1], clips.latents[:1], clips.seconds[:1])
+    null = tiny_pipeline.models.null_embedding
+
+    def distance(dit) -> float:
+        x = sample_latents(dit, one.tokens[0][None], null, one.seconds, steps=8, guidance=1.0,
+                           initial_noise=make_noise("seeded", 1, FRAMES, 7))
+        return float((x[0] - one.latents[0]).pow(2).mean())
+
+    dit = _dit(tiny_pipeline)
+    before = distance(dit)
+    Trainer(dit, one, _config(steps=40, batch_size=1, lr=3e-3, rank=8, alpha=8.0, seed=7), tmp_path).run()
+    after = distance(dit)
+    assert after < 0.75 * before, (before, after)
