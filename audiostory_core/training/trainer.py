@@ -29,7 +29,7 @@ from .lora_files import DIT_TARGETS, save_lora
 
 MODES = ("dit",)
 SCHEDULES = ("constant", "cosine")
-PEFT_HINT = "pip install peft   (or: pip install .[train] from the pack's folder)"
+PEFT_HINT = "pip install peft, or pip install .[train] in the pack's folder"
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train_log.csv"
 LORA_FILE = "lora.safetensors"
