@@ -19,12 +19,16 @@ from comfy_api.latest import io
 
 from ..audiostory_core.perf import PerfOptions
 from ..audiostory_core.progress import Hooks
+from ..audiostory_core.training.lora_files import LORA_FOLDER as LORA_SUBFOLDER
 from .dtypes_memory import pick_dtype
 from .model_roots import list_model_roots
 from .streaming import StageProgress
 
 MODEL_FOLDER = "audiostory"
 folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
+LORA_FOLDER = "audiostory_loras"   # models/loras/audiostory/: DiT LoRAs written by `python -m audiostory_core train`
+folder_paths.add_model_folder_path(LORA_FOLDER, os.path.join(folder_paths.models_dir, *LORA_SUBFOLDER))
+NO_LORA = "none"
 
 CATEGORY = "audio/AudioStory"
 
@@ -132,3 +136,8 @@ def model_folders() -> list[str]:
 
 def model_roots() -> list[str]:
     return list_model_roots(model_folders())
+
+
+def lora_choices() -> list[str]:
+    """``none`` then the .safetensors files in models/loras/audiostory/."""
+    return [NO_LORA] + [f for f in folder_paths.get_filename_list(LORA_FOLDER) if f.endswith(".safetensors")]

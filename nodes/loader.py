@@ -4,16 +4,18 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management as mm
+import folder_paths
 from comfy_api.latest import io
 
 from ..audiostory_core.errors import ModelFilesError
 from ..audiostory_core.models.config import locate
 from ..audiostory_core.models.loading import load_models, load_stages
 from ..audiostory_core.progress import NO_HOOKS, Hooks
+from ..audiostory_core.training.lora_files import MAX_STRENGTH, apply_lora
 from . import comfy_models as cm
 from .download_routes import fetch_hint, missing_message
-from .common import (CATEGORY, Planner, dit_dtype, llm_dtype, make_hooks, model_folders, model_roots,
-                     reference_numerics, vae_dtype)
+from .common import (CATEGORY, LORA_FOLDER, NO_LORA, Planner, dit_dtype, llm_dtype, lora_choices, make_hooks,
+                     model_folders, model_roots, reference_numerics, vae_dtype)
 from .dtypes_memory import DTYPE_CHOICES, dtype_from_choice
 from .model_roots import no_roots_message, resolve_model_root
 from .values import PlannerHandle
@@ -36,6 +38,11 @@ class AudioStoryModelLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
                                tooltip="auto: bf16 where the device computes it well, else fp16, else fp32 (CPU); ComfyUI's "
                                        "--*-unet / --*-text-enc flags are honoured. fp16 is the official choice."),
+                io.Combo.Input("lora", options=lora_choices(), default=NO_LORA, optional=True,
+                               tooltip="A DiT LoRA from models/loras/audiostory/ (made with `python -m "
+                                       "audiostory_core train`), applied in memory; the files on disk stay as they are."),
+                io.Float.Input("lora_strength", default=1.0, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.05,
+                               optional=True, tooltip="1 = as trained, 0 = the base model exactly."),
             ],
             outputs=[
                 Planner.Output(display_name="planner", tooltip="LLM, tokenizer, bridge heads and null embedding."),
@@ -62,7 +69,7 @@ class AudioStoryModelLoader(io.ComfyNode):
 
     @classmethod
     @reference_numerics
-    def execute(cls, root, dtype) -> io.NodeOutput:
+    def execute(cls, root, dtype, lora=NO_LORA, lora_strength=1.0) -> io.NodeOutput:
         forced = dtype_from_choice(dtype)
         paths = locate(resolve_model_root(model_folders(), root))
         want = {"planner": (llm_dtype(forced), mm.text_encoder_offload_device()),
@@ -70,6 +77,8 @@ class AudioStoryModelLoader(io.ComfyNode):
                 "vae": (vae_dtype(forced), mm.vae_offload_device())}
         loaded = load_components(paths, want, make_hooks(cls.hidden.unique_id))
         planner, dit, vae = loaded["planner"].planner, loaded["dit"].dit, loaded["vae"].vae
+        if lora and lora != NO_LORA:
+            apply_lora(dit, folder_paths.get_full_path_or_raise(LORA_FOLDER, lora), lora_strength)
         llm_p, heads_p = cm.planner_patchers(planner)
         handle = PlannerHandle(planner=planner, null_embedding=loaded["dit"].null_embedding.detach().float().cpu(),
                                audio_seq_len=int(dit.config.audio_seq_len), vae_sample_rate=int(vae.config.sampling_rate),

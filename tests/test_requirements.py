@@ -51,3 +51,8 @@ def test_floor_constraints_pin_the_declared_floors():
         # the pin is the declared floor's own release line (a patch release of it at most)
         assert lower and Version(spec.version).release[:2] == lower[0].release[:2], (name, spec.version, lower)
     assert Version(next(iter(floor["transformers"].specifier)).version) >= Version("4.50.3")  # ComfyUI's floor
+
+
+def test_train_extra_and_requirements_train_agree():
+    extra = _reqs(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"])
+    assert _reqs(_lines(REPO / "requirements-train.txt")) == extra

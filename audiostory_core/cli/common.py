@@ -120,6 +120,8 @@ def add_render_args(p: argparse.ArgumentParser, seed_help: str = "") -> None:
     for name in RENDER_KEYS:
         add_setting_arg(p, name, seed_help if name == "seed" else "")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="apply a DiT LoRA from `train` at a strength (default 1; 0 = off), in memory (repeatable)")
 
 
 def settings(args, **overrides) -> RenderSettings:
@@ -165,15 +167,21 @@ def output_level(args, audio, sample_rate: int):
 
 
 def pipeline(args, planner=True, dit=True, vae=True):
-    """``AudioStoryPipeline.from_pretrained`` with the command's model and speed arguments; load warnings on
-    stderr. Low-VRAM loads on the host and brings each stage's model to the device for its stage."""
+    """``AudioStoryPipeline.from_pretrained`` with the command's model and speed arguments, then the
+    ``--lora`` files on the DiT; load warnings on stderr. Low-VRAM loads on the host and brings each
+    stage's model to the device for its stage."""
     from ..pipeline import AudioStoryPipeline
+    from ..training.lora_files import apply_lora, read_loras
 
+    loras = read_loras(getattr(args, "lora", None) or [])   # checked before anything loads
     pipe = AudioStoryPipeline.from_pretrained(model_paths(args), args.device, args.dtype, perf=perf_options(args),
                                               low_vram=getattr(args, "low_vram", False), planner=planner, dit=dit,
                                               vae=vae, strict=getattr(args, "strict", False))
     for w in pipe.models.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if loras and pipe.models.dit is not None:
+        for lf, strength in loras:
+            apply_lora(pipe.models.dit, lf, strength)
     return pipe
 
 

@@ -20,6 +20,7 @@ from .media import COMMANDS as _MEDIA_COMMANDS, add_parsers as _add_media_parser
 from .batch import COMMANDS as _BATCH_COMMANDS, add_parser as _add_batch_parser  # batch
 from .reroll import add_reroll_args, cmd_reroll, score_generated  # generate --reuse/--reroll/--score
 from .score import COMMANDS as _SCORE_COMMANDS, add_parser as _add_score_parser  # score
+from .train import COMMANDS as _TRAIN_COMMANDS, add_parser as _add_train_parser  # train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_media_parsers(sub, add_model_args)
     _add_batch_parser(sub, add_model_args)
     _add_score_parser(sub)
+    _add_train_parser(sub, add_model_args)
 
     d = sub.add_parser("download", help="fetch the public weights into the official layout")
     d.add_argument("--models", required=True)
@@ -225,6 +227,7 @@ COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "download": cmd_download
 COMMANDS.update(_MEDIA_COMMANDS)
 COMMANDS.update(_BATCH_COMMANDS)
 COMMANDS.update(_SCORE_COMMANDS)
+COMMANDS.update(_TRAIN_COMMANDS)
 
 
 class Terminated(KeyboardInterrupt):

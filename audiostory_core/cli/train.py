@@ -1,0 +1,122 @@
+"""``train``: LoRA fine-tuning on a folder of captioned clips (or recordings with event lists).
+
+Runs in one process or under ``torchrun`` (DDP; the global batch is --batch-size x processes x --grad-accum).
+Writes OUT/lora.safetensors, OUT/train_log.csv and OUT/checkpoints/; running the same command again resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def add_parser(sub, add_model_args) -> None:
+    from ..training.trainer import MODES, SCHEDULES, TrainConfig
+
+    d = TrainConfig()
+    t = sub.add_parser("train", help="LoRA fine-tuning on your own sounds (needs: pip install peft)")
+    add_model_args(t)
+    t.add_argument("--data", required=True, help="a .jsonl/.csv manifest (audio, caption) or a folder holding one")
+    t.add_argument("--mode", choices=MODES, default=d.mode, help="dit: LoRA on the DiT, conditioned by the frozen planner")
+    t.add_argument("--out", required=True, help="output folder (lora.safetensors, train_log.csv, checkpoints/)")
+    t.add_argument("--steps", type=int, default=d.steps)
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per process and micro-step")
+    t.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    t.add_argument("--warmup", type=int, default=d.warmup_steps, help="linear warm-up steps")
+    t.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
+    t.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scale = alpha / rank)")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast (weights stay fp32)")
+    t.add_argument("--gradient-checkpointing", action="store_true", help="less activation memory, ~30%% slower")
+    t.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: at the end)")
+    t.add_argument("--latent-cache", help="folder where the VAE latents of the clips are kept between runs")
+    t.add_argument("--restart", action="store_true", help="ignore the checkpoints in --out and start over")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def train_config(args) -> "TrainConfig":
+    from ..training.trainer import TrainConfig
+
+    return TrainConfig(mode=args.mode, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                       lr=args.lr, schedule=args.schedule, warmup_steps=args.warmup, rank=args.rank,
+                       alpha=args.alpha, seed=args.seed, bf16=args.bf16,
+                       gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every).check()
+
+
+def progress_hooks(enabled: bool, losses: list):
+    """A tqdm bar for the training steps showing the last loss; tqdm itself shows steps/s and the ETA."""
+    from tqdm import tqdm
+
+    from ..progress import Hooks
+
+    bar = None
+
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal bar
+        if not enabled:
+            return
+        if bar is None:
+            bar = tqdm(total=total, initial=done, desc="train", unit="step", file=sys.stderr)
+        bar.update(done - bar.n)
+        if losses:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return Hooks(progress=progress), close
+
+
+def cmd_train(args) -> int:
+    from ..models.config import locate
+    from ..models.loading import load_models
+    from ..pipeline import HOP, resolve_device
+    from ..training.datasets import cached_latents, load_examples
+    from ..training.trainer import TrainData, Trainer, conditioning, require_peft
+
+    cfg = train_config(args)
+    require_peft()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder.")
+    dev = resolve_device(args.device)
+    if args.dtype not in ("auto", "fp32"):
+        raise InputError("Training keeps fp32 weights; use --bf16 for bf16 autocast instead of --dtype.")
+    paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
+                   qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
+    import torch
+
+    models = load_models(paths, torch.float32, dev)
+    fc, vae = models.flux_config, models.vae
+    sr, channels = int(vae.config.sampling_rate), int(vae.config.audio_channels)
+    examples, report = load_examples(args.data, sr, channels, fc.audio_seq_len * HOP / sr)
+    print(report.text(), file=sys.stderr)
+    if not examples:
+        raise InputError(f"No usable clip in {args.data} (see the report above).")
+    latents = cached_latents(vae, examples, fc.audio_seq_len, HOP, cfg.seed,
+                             Path(args.latent_cache) if args.latent_cache else None)
+    data = TrainData(tokens=conditioning(models.planner, examples), latents=latents,
+                     seconds=[e.seconds for e in examples])
+    models.planner = models.vae = None          # frozen and no longer needed: free their memory
+    trainer = Trainer(models.dit, data, cfg, out)
+    hooks, close = progress_hooks(not args.quiet and trainer.dist.rank == 0, trainer.losses)
+    trainer.hooks = hooks
+    if args.restart:
+        for old in trainer.checkpoint_dir.glob("step-*.pt"):
+            old.unlink()
+    try:
+        result = trainer.run()
+    finally:
+        close()
+    if result.lora_path is not None:
+        print(f"wrote {result.lora_path} (final loss {result.losses[-1]:.4f}, {result.steps_per_s:.2f} steps/s); "
+              f"use it with: python -m audiostory_core generate --lora {result.lora_path} ...", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"train": cmd_train}

@@ -1,0 +1,235 @@
+"""Training data in the shapes people have, checked file by file.
+
+* clips with captions: a JSONL (``{"audio": ..., "caption": ...}`` per line) or a CSV with ``audio,caption``;
+* long recordings with an event list: JSONL lines ``{"audio", "instruction", "events": [{start, end, caption}]}``.
+
+Audio paths are relative to the manifest. Each clip becomes one event of a plan (a clip alone is a one-event plan
+whose instruction is built from its caption, as ``generate --instruction CAPTION --duration D`` would). A line
+that cannot be used (unreadable audio, an event outside the audio, a caption over the limits, a clip longer
+than the DiT window) is skipped and reported with its line number and the reason; the others are kept.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from ..atomic import atomic_write
+from ..errors import AudioStoryError, InputError
+from ..stages.audio import read_audio, resample
+from ..stages.grammar import build_instruction
+from ..stages.plan import StoryEvent, StoryPlan
+from ..validation import MAX_EVENTS, MIN_EVENT_SECONDS, check_event, check_instruction
+
+LATENT_CHANNELS = 64          # the DiT's in_channels, the Oobleck latent width
+MANIFEST_SUFFIXES = (".jsonl", ".csv")
+MAX_MANIFEST_BYTES = 64 * 2 ** 20
+MAX_ITEMS = 100_000
+MAX_JSON_LINE_CHARS = 1_000_000
+
+
+@dataclass
+class TrainExample:
+    """One (event conditioning, clip) pair: event ``event`` of ``plan`` is the caption of ``wave``."""
+
+    plan: StoryPlan
+    event: int
+    wave: torch.Tensor          # [C, S] at the VAE's rate, C = the VAE's channels
+    source: str                 # "file.jsonl:3 (clip.wav 1.0-4.0 s)" for reports
+
+    @property
+    def seconds(self) -> float:
+        return self.plan.events[self.event].duration
+
+
+@dataclass
+class DataReport:
+    used: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (where, why)
+
+    def text(self) -> str:
+        lines = [f"{len(self.used)} clips used, {len(self.skipped)} skipped"]
+        lines += [f"  skipped {w}: {why}" for w, why in self.skipped]
+        return "\n".join(lines)
+
+
+def find_manifest(data: Union[str, Path]) -> Path:
+    """``data`` is a .jsonl/.csv file, or a folder holding exactly one."""
+    p = Path(data)
+    if p.is_file():
+        if p.suffix.lower() not in MANIFEST_SUFFIXES:
+            raise InputError(f"{p} is not a .jsonl or .csv manifest (lines of {{\"audio\", \"caption\"}}).")
+        return p
+    if p.is_dir():
+        found = sorted(q for q in p.iterdir() if q.suffix.lower() in MANIFEST_SUFFIXES and q.is_file())
+        if len(found) == 1:
+            return found[0]
+        raise InputError(f"{p} holds {len(found)} .jsonl/.csv manifests; pass the one to use: --data {p}/NAME.jsonl")
+    raise InputError(f"Training data {p} does not exist.")
+
+
+def _rows(manifest: Path) -> list[tuple[str, object]]:
+    """(where, row) per non-empty line: a dict, or the error text of a line that is not valid."""
+    size = manifest.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise InputError(f"{manifest} is {size} bytes; the limit is {MAX_MANIFEST_BYTES} (split the data set).")
+    text = manifest.read_text(encoding="utf-8", errors="replace")
+    rows: list[tuple[str, object]] = []
+    if manifest.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or not {"audio", "caption"} <= set(reader.fieldnames):
+            raise InputError(f"{manifest} needs a header with the columns audio,caption.")
+        for i, r in enumerate(reader, start=2):
+            rows.append((f"{manifest.name}:{i}", {"audio": r.get("audio"), "caption": r.get("caption")}))
+    else:
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{manifest.name}:{i}"
+            if len(line) > MAX_JSON_LINE_CHARS:
+                rows.append((where, f"line longer than {MAX_JSON_LINE_CHARS} characters"))
+                continue
+            try:
+                rows.append((where, json.loads(line)))
+            except (json.JSONDecodeError, RecursionError) as e:
+                rows.append((where, f"not valid JSON ({e})"))
+    if len(rows) > MAX_ITEMS:
+        raise InputError(f"{manifest} has {len(rows)} lines; the limit is {MAX_ITEMS}.")
+    return rows
+
+
+def _events(row: dict, where: str, seconds: float) -> tuple[str, list[tuple[float, float, str]]]:
+    """(instruction, [(start, end, caption)]) of a row, checked against the audio's length."""
+    if "events" in row:
+        instr, evs = row.get("instruction"), row["events"]
+        check_instruction(instr)
+        if not isinstance(evs, list) or not evs:
+            raise InputError("'events' must be a non-empty list of {start, end, caption}")
+        if len(evs) > MAX_EVENTS:
+            raise InputError(f"{len(evs)} events; the limit is {MAX_EVENTS}")
+        out = []
+        for k, e in enumerate(evs):
+            if not isinstance(e, dict):
+                raise InputError(f"events[{k}] must be an object with start, end and caption")
+            s, t, cap = e.get("start"), e.get("end"), e.get("caption")
+            for name, v in (("start", s), ("end", t)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+                    raise InputError(f"events[{k}].{name} must be a number of seconds, got {v!r}")
+            if not 0 <= s < t:
+                raise InputError(f"events[{k}] runs from {s} to {t} s; it needs 0 <= start < end")
+            if t > seconds + 1e-6:
+                raise InputError(f"events[{k}] ends at {t:g} s but the audio lasts {seconds:.3f} s")
+            check_event(cap, float(t - s), f"events[{k}]")
+            out.append((float(s), float(t), cap.strip()))
+        return instr, out
+    cap = row.get("caption")
+    check_event(cap, seconds, "line")
+    return build_instruction(cap.strip(), round(seconds, 2)), [(0.0, seconds, cap.strip())]
+
+
+def load_examples(data: Union[str, Path], sample_rate: int, channels: int, max_clip_seconds: float,
+                  report: Optional[DataReport] = None) -> tuple[list[TrainExample], DataReport]:
+    """Read the manifest and its audio; bad lines go to the report with the reason, never silently."""
+    manifest = find_manifest(data)
+    report = report if report is not None else DataReport()
+    examples: list[TrainExample] = []
+    for where, row in _rows(manifest):
+        try:
+            if isinstance(row, str):
+                raise InputError(row)
+            if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not row["audio"].strip():
+                raise InputError("each line needs an 'audio' path and a 'caption' (or 'instruction' + 'events')")
+            audio = (manifest.parent / row["audio"]).resolve()
+            wave, sr = read_audio(audio)
+            if wave.shape[-1] == 0:
+                raise InputError(f"{row['audio']} has no samples")
+            if not torch.isfinite(wave).all():
+                raise InputError(f"{row['audio']} holds samples that are not finite")
+            seconds = wave.shape[-1] / sr
+            instr, events = _events(row, where, seconds)
+            wave = _channels(resample(wave, sr, sample_rate), channels)
+            plan = StoryPlan(instruction=instr, reasoning="",
+                             events=[StoryEvent(caption=c, duration=round(t - s, 3)) for s, t, c in events],
+                             total_duration=round(sum(t - s for s, t, _ in events), 3))
+            new = []
+            for k, (s, t, c) in enumerate(events):
+                if t - s > max_clip_seconds:
+                    raise InputError(f"event {k + 1} lasts {t - s:.2f} s; one clip holds at most "
+                                     f"{max_clip_seconds:.2f} s (cut it in two events)")
+                if t - s < MIN_EVENT_SECONDS:
+                    raise InputError(f"event {k + 1} lasts {t - s:.3f} s (at least {MIN_EVENT_SECONDS} s)")
+                clip = wave[:, int(round(s * sample_rate)): int(round(t * sample_rate))]
+                new.append(TrainExample(plan=plan, event=k, wave=clip,
+                                        source=f"{where} ({row['audio']} {s:g}-{t:g} s)"))
+        except AudioStoryError as e:
+            report.skipped.append((where, str(e).rstrip(".")))
+            continue
+        examples += new
+        report.used += [ex.source for ex in new]
+    return examples, report
+
+
+def _channels(wave: torch.Tensor, channels: int) -> torch.Tensor:
+    """Mono is duplicated ("fake stereo", as TangoFlux trains); more channels than the VAE's are averaged."""
+    if wave.shape[0] == channels:
+        return wave
+    mono = wave.mean(0, keepdim=True)
+    return mono.expand(channels, -1).contiguous()
+
+
+# ---------------------------------------------------------------- latents
+@torch.no_grad()
+def encode_latents(vae, wave: torch.Tensor, frames: int, hop: int, generator: torch.Generator) -> torch.Tensor:
+    """[frames, 64] latents of a clip zero-padded to ``frames · hop`` samples (TangoFlux pads to the window).
+
+    The latent is *sampled* from the VAE posterior as TangoFlux does, with ``generator`` so it is reproducible."""
+    n = frames * hop
+    x = torch.zeros(1, wave.shape[0], n)
+    x[0, :, : min(n, wave.shape[-1])] = wave[:, :n]
+    p = next(vae.parameters())
+    dist = vae.encode(x.to(p.device, p.dtype)).latent_dist
+    eps = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device, dist.mean.dtype)
+    z = dist.mean + dist.std * eps
+    if tuple(z.shape[1:]) != (LATENT_CHANNELS, frames):
+        raise InputError(f"The VAE encodes {n} samples to {list(z.shape[1:])} (channels, frames); the DiT "
+                         f"needs [{LATENT_CHANNELS}, {frames}]: this VAE does not belong to this DiT.")
+    return z[0].transpose(0, 1).float().cpu()
+
+
+def latent_cache_key(ex: TrainExample, vae_config: dict, frames: int, seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(ex.wave.numpy().tobytes())
+    h.update(json.dumps([vae_config, frames, seed], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def cached_latents(vae, examples: list[TrainExample], frames: int, hop: int, seed: int,
+                   cache_dir: Optional[Path] = None) -> list[torch.Tensor]:
+    """Latents of every example; with ``cache_dir`` each is stored once (atomic write) and read back later."""
+    from safetensors.torch import load_file, save_file
+
+    out = []
+    cfg = dict(vae.config)
+    for ex in examples:
+        path = None
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"{latent_cache_key(ex, cfg, frames, seed)}.safetensors"
+            if path.is_file():
+                z = load_file(str(path)).get("latents")
+                if z is not None and tuple(z.shape) == (frames, LATENT_CHANNELS):
+                    out.append(z)
+                    continue
+        g = torch.Generator().manual_seed(int(latent_cache_key(ex, cfg, frames, seed)[:15], 16))
+        z = encode_latents(vae, ex.wave, frames, hop, g)
+        if path is not None:
+            with atomic_write(path, f"{path.name}.{os.getpid()}.part") as tmp:   # ranks may write at once
+                save_file({"latents": z.contiguous()}, str(tmp))
+        out.append(z)
+    return out

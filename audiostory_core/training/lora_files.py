@@ -1,0 +1,158 @@
+"""LoRA files: one safetensors file with the low-rank pairs and the training config in its metadata.
+
+Applying a file adds ``strength · (alpha / rank) · B @ A`` to the matching weights of the model in memory
+(the checkpoint on disk is never written); strength 0 leaves every weight bit for bit as loaded. This module
+does not need ``peft``: a LoRA trained here can be used by anyone who has the pack.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+
+from ..atomic import atomic_write
+from ..errors import InputError
+
+LORA_FORMAT = "audiostory-lora/1"
+LORA_FOLDER = ("loras", "audiostory")     # models/loras/audiostory/ (registered with folder_paths by the pack)
+MAX_STRENGTH = 10.0
+MAX_LORAS = 8
+# Every linear layer of the DiT blocks (attention, feed-forward, single-block MLP) and the output projection.
+DIT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+               "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA file and the strength to apply it at (CLI ``FILE[:strength]``)."""
+
+    path: Path
+    strength: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "LoraSpec":
+        """``FILE`` or ``FILE:strength``; the strength is a finite number in [-10, 10]."""
+        path, strength = text, 1.0
+        head, sep, tail = text.rpartition(":")
+        if sep and head:
+            try:
+                strength = float(tail)
+                path = head
+            except ValueError:
+                pass  # a ':' inside the path (Windows drive), not a strength
+        return cls(Path(path), check_strength(strength))
+
+
+def check_strength(strength: float) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
+            or abs(strength) > MAX_STRENGTH:
+        raise InputError(f"LoRA strength must be a number between {-MAX_STRENGTH:g} and {MAX_STRENGTH:g}, "
+                         f"got {strength!r} (1 = as trained, 0 = off).")
+    return float(strength)
+
+
+def save_lora(path: Union[str, Path], tensors: Mapping[str, torch.Tensor], *, rank: int, alpha: float,
+              targets: Sequence[str], config: Mapping) -> Path:
+    """Write ``{module}.lora_A.weight`` / ``.lora_B.weight`` pairs (keys relative to the DiT) atomically."""
+    from safetensors.torch import save_file
+
+    meta = {"format": LORA_FORMAT, "target": "dit", "rank": str(int(rank)), "alpha": str(float(alpha)),
+            "targets": json.dumps(list(targets)), "config": json.dumps(dict(config), sort_keys=True)}
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    return path
+
+
+@dataclass
+class LoraFile:
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]   # module path -> (A [r, in], B [out, r])
+    scale: float                                          # alpha / rank
+    metadata: dict
+
+
+def read_lora(path: Union[str, Path]) -> LoraFile:
+    """Read and check a LoRA file: format, rank/alpha, complete A/B pairs with matching ranks."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"LoRA file {path} does not exist (train one with: python -m audiostory_core train ...).")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise InputError(f"{path} is not a readable safetensors LoRA file ({e}).") from e
+    if meta.get("format") != LORA_FORMAT:
+        raise InputError(f"{path} is not an AudioStory LoRA (metadata format {meta.get('format')!r}, "
+                         f"expected {LORA_FORMAT!r}).")
+    try:
+        rank, alpha = int(meta["rank"]), float(meta["alpha"])
+    except (KeyError, ValueError) as e:
+        raise InputError(f"{path}: metadata 'rank'/'alpha' missing or not numbers.") from e
+    if rank < 1 or not math.isfinite(alpha):
+        raise InputError(f"{path}: rank {rank} / alpha {alpha} are not valid.")
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for k in tensors:
+        if not k.endswith(".lora_A.weight"):
+            if not k.endswith(".lora_B.weight"):
+                raise InputError(f"{path}: unexpected tensor {k!r} (only *.lora_A.weight / *.lora_B.weight).")
+            continue
+        mod = k[: -len(".lora_A.weight")]
+        a, b = tensors[k], tensors.get(mod + ".lora_B.weight")
+        if b is None:
+            raise InputError(f"{path}: {mod}.lora_A.weight has no matching lora_B.weight.")
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != rank or b.shape[1] != rank:
+            raise InputError(f"{path}: {mod} has A {tuple(a.shape)} and B {tuple(b.shape)}; "
+                             f"expected [{rank}, in] and [out, {rank}].")
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise InputError(f"{path}: {mod} holds values that are not finite.")
+        pairs[mod] = (a, b)
+    if not pairs or len(pairs) * 2 != len(tensors):
+        raise InputError(f"{path}: no complete lora_A/lora_B pairs.")
+    return LoraFile(pairs=pairs, scale=alpha / rank, metadata=meta)
+
+
+@torch.no_grad()
+def apply_lora(model: torch.nn.Module, lora: Union[LoraFile, str, Path], strength: float = 1.0) -> int:
+    """Add ``strength · scale · B @ A`` to each target weight of ``model`` in memory; returns the count.
+
+    Every target must exist with the right shape (a named error otherwise, before any weight changes)."""
+    strength = check_strength(strength)
+    lf = lora if isinstance(lora, LoraFile) else read_lora(lora)
+    modules = dict(model.named_modules())
+    todo = []
+    for mod, (a, b) in lf.pairs.items():
+        m = modules.get(mod)
+        w = getattr(m, "weight", None)
+        if not isinstance(w, torch.Tensor):
+            raise InputError(f"The LoRA targets {mod!r}, which this model does not have (a LoRA for another model?).")
+        if tuple(w.shape) != (b.shape[0], a.shape[1]):
+            raise InputError(f"The LoRA's {mod} is [{b.shape[0]}, {a.shape[1]}] but the model's weight is "
+                             f"{list(w.shape)} (a LoRA for another model size?).")
+        todo.append((w, a, b))
+    for w, a, b in todo:
+        delta = (b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)) * (lf.scale * strength)
+        w.copy_((w.float() + delta).to(w.dtype))
+    return len(todo)
+
+
+def read_loras(texts: Sequence[str]) -> list[tuple[LoraFile, float]]:
+    """Parse and read every ``FILE[:strength]`` before any model changes (their deltas add up when applied)."""
+    if len(texts) > MAX_LORAS:
+        raise InputError(f"{len(texts)} LoRAs given; the limit is {MAX_LORAS}.")
+    specs = [LoraSpec.parse(t) for t in texts]
+    return [(read_lora(s.path), s.strength) for s in specs]
+
+
+def lora_metadata(path: Union[str, Path]) -> Optional[dict]:
+    """The metadata of a LoRA file, or None when it is not one (for listings)."""
+    try:
+        return read_lora(path).metadata
+    except InputError:
+        return None
