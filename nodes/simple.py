@@ -12,7 +12,7 @@ from comfy_execution.graph_utils import GraphBuilder
 
 from .common import CATEGORY, model_roots
 from .loader import AudioStoryModelLoader
-from .logic import instruction_problem
+from .input_checks import instruction_problem
 from .output import AudioStoryDecode
 from .planner import AudioStoryPlanner
 from .sampler import AudioStorySampler

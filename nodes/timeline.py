@@ -15,15 +15,15 @@ from comfy_api.latest import io, ui
 
 from ..audiostory_core import validation
 from ..audiostory_core.errors import InputError, PlanError
-from ..audiostory_core.models.config import FluxConfig
-from ..audiostory_core.pipeline import HOP
+from ..audiostory_core.models.config import FluxConfig, max_clip_seconds
 from ..audiostory_core.tasks.reroll import format_events, parse_events
 from .common import CATEGORY, Plan
-from .logic import PlanBundle, describe_plan, parse_plan_json
+from .input_checks import describe_plan, parse_plan_json
+from .values import PlanBundle
 
 # The release DiT renders audio_seq_len latent frames of HOP samples at the VAE's 44.1 kHz: one event's
 # longest clip. The event-tokens node checks the loaded model's own window (and the crossfade tail) again.
-CLIP_SECONDS = FluxConfig().audio_seq_len * HOP / 44100
+CLIP_SECONDS = max_clip_seconds(FluxConfig().audio_seq_len)
 SNAP_SECONDS = 0.1
 DEFAULT_CROSSFADE = 3.0
 EVENT_IN_MESSAGE = re.compile(r"events\[(\d+)\]")

@@ -212,7 +212,7 @@ def workflows() -> dict[str, dict]:
 
 
 def timeline_workflow() -> dict:
-    """Edit the story on a timeline: the Timeline's selected blocks (render_events) are re-rendered by the
+    """Timeline: the Timeline's selected blocks (render_events) are re-rendered by the
     second sampler over the first render (previous); nothing selected = the first render passes through.
     The save writes stems, labels and cues beside the story."""
     reroll = _sampler(["3", 0])
@@ -501,8 +501,9 @@ PRESENTATION: dict[str, dict] = {
     },
 }
 PRESENTATION["audiostory_timeline"] = {
-    "file": "AudioStory - Edit the story on a timeline",
-    "note": ("## Edit the story on a timeline\nThe plan's events are blocks on a time axis: drag a block's right "
+    "card": "Drag events on a time axis, re-roll a few. Needs: AudioStory models",
+    "file": "AudioStory - Timeline",
+    "note": ("## Timeline\nThe plan's events are blocks on a time axis: drag a block's right "
              "edge to change its duration (0.1 s steps), double-click to edit its caption, add, delete and move "
              "events with the buttons (or arrows, Enter, Delete, Alt+arrows). A red block names the limit it "
              "breaks. Paste a Planner's plan_json into the timeline to start from a generated plan.\n\n"
