@@ -294,21 +294,22 @@ def test_cache_env_comes_first(shared_root, tmp_path, fresh_cache):
 
 
 def test_unwritable_model_folder_falls_back_to_the_user_cache(shared_root, tmp_path, monkeypatch):
-    """Root ignores chmod, so the write into the model folder fails the way safetensors reports it."""
-    import safetensors.torch
-    from safetensors import SafetensorError
+    """Root ignores chmod, so creating a file in the model folder fails the way a read-only mount reports it
+    (EROFS from the exclusive create every atomic write starts with)."""
+    import errno
+    import tempfile
 
     root = copy_root(shared_root, tmp_path / "m")
     monkeypatch.delenv("AUDIOSTORY_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    real_save = safetensors.torch.save_file
+    real_mkstemp = tempfile.mkstemp
 
-    def save(tensors, filename, metadata=None):
-        if str(filename).startswith(str(root)):
-            raise SafetensorError("Error while serializing: IoError(Os { code: 30, kind: ReadOnlyFilesystem })")
-        return real_save(tensors, filename, metadata=metadata)
+    def mkstemp(*args, dir=None, **kw):
+        if dir is not None and str(dir).startswith(str(root)):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real_mkstemp(*args, dir=dir, **kw)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", save)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     first = load_models(locate(root), planner=False, vae=False).null_embedding
     cached = list((tmp_path / "home" / ".cache" / "audiostory").rglob("null_embedding_n8_float32.safetensors"))
     assert len(cached) == 1 and not list((root / "Flux_detokenizer").glob("null_embedding_*"))
