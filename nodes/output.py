@@ -23,7 +23,7 @@ from .common import CATEGORY, Events, comfy_low_vram, make_hooks, node_perf, ref
 from .widgets import setting_input
 from .input_checks import sample_rate_problem
 from .layout import audio_dict, check_latent_matches, pad_clips
-from .save import SAVE_FORMATS, safe_prefix, workflow_metadata, write_flac_with_metadata
+from .save import SAVE_FORMATS, safe_prefix, workflow_metadata
 from .values import EventsBundle
 
 log = logging.getLogger("AudioStory")
@@ -245,10 +245,7 @@ def save_audio_files(audio, filename_prefix: str, format: str, meta: dict) -> li
     for b, wave in enumerate(audio["waveform"].cpu()):
         mm.throw_exception_if_processing_interrupted()
         name = f"{filename.replace('%batch_num%', str(b))}_{counter + b:05}_.{format}"
-        if format == "flac":
-            write_flac_with_metadata(Path(folder) / name, wave, sr, meta)
-        else:
-            write_audio(Path(folder) / name, wave, sr, "wav")
+        write_audio(Path(folder) / name, wave, sr, format, metadata=meta if format == "flac" else None)
         results.append(ui.SavedResult(name, subfolder, io.FolderType.output))
     return results
 

@@ -66,8 +66,6 @@ def test_success_replaces_the_file_in_one_step(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
 def test_audio_write_that_fails_keeps_the_previous_file(tmp_path, monkeypatch, fmt):
-    import soundfile
-
     from audiostory_core.stages import audio
 
     target = tmp_path / f"story.{fmt}"
@@ -77,7 +75,7 @@ def test_audio_write_that_fails_keeps_the_previous_file(tmp_path, monkeypatch, f
     if fmt == "wav":   # float32 WAV is written by the library's own writer
         monkeypatch.setattr(audio, "write_wav_float32", lambda file, *a, **k: _disk_full(file, b"RIFF\x00\x00"))
     else:
-        monkeypatch.setattr(soundfile, "write", lambda file, *a, **k: _disk_full(file, b"fLaC\x00"))
+        monkeypatch.setattr(audio, "write_flac", lambda file, *a, **k: _disk_full(file, b"fLaC\x00"))
     with pytest.raises(OSError, match="No space left"):
         write_audio(target, torch.zeros(2, 4000), 32000)
     assert target.read_bytes() == before

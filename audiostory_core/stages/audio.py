@@ -111,24 +111,47 @@ def write_wav_float32(f: BinaryIO, data, sample_rate: int) -> None:
     f.write(payload)
 
 
-def write_audio(path: str | Path, wave: torch.Tensor, sample_rate: int, fmt: Optional[str] = None) -> Path:
-    """Write [C, S] float audio atomically (temp file + rename): WAV float32 or FLAC 24-bit.
+def write_flac(file: BinaryIO, wave: torch.Tensor, sample_rate: int, metadata: Optional[dict] = None) -> None:
+    """24-bit FLAC of [C, S] float audio (clipped to full scale) into an open binary file, with ``metadata``
+    as vorbis comments (ComfyUI keeps 'prompt' and 'workflow' there). The one FLAC writer of the project."""
+    import av
+    import numpy as np
+
+    data = np.ascontiguousarray(wave.detach().float().cpu().clamp(-1.0, 1.0).numpy())
+    layout = "mono" if data.shape[0] == 1 else "stereo"
+    with av.open(file, mode="w", format="flac") as out:
+        for k, v in (metadata or {}).items():
+            out.metadata[k] = v
+        stream = out.add_stream("flac", rate=int(sample_rate), layout=layout)
+        stream.codec_context.format = "s32"          # FLAC stores it as 24-bit samples
+        for start in range(0, data.shape[1], 65536):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, start:start + 65536]), format="fltp",
+                                               layout=layout)
+            frame.sample_rate = int(sample_rate)
+            frame.pts = start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def write_audio(path: str | Path, wave: torch.Tensor, sample_rate: int, fmt: Optional[str] = None,
+                metadata: Optional[dict] = None) -> Path:
+    """Write [C, S] float audio atomically (temp file + rename): WAV float32 or FLAC 24-bit (with
+    ``metadata`` as its tags; WAV carries none).
 
     Non-finite audio is refused (nothing is written); the same audio always gives the same bytes.
     """
-    import soundfile as sf
-
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".") or "wav").lower()
     if fmt not in ("wav", "flac"):
         raise InputError(f"Unsupported audio format {fmt!r}; use wav or flac.")
     check_finite(wave, "decoded audio", AUDIO_CAUSE)
-    data = wave.detach().cpu().float().numpy().T
     with atomic_file(path) as f:
         if fmt == "wav":
-            write_wav_float32(f, data, sample_rate)
+            write_wav_float32(f, wave.detach().cpu().float().numpy().T, sample_rate)
         else:
-            sf.write(f, data.clip(-1, 1), sample_rate, subtype="PCM_24", format="FLAC")
+            write_flac(f, wave, sample_rate, metadata)
     return path
 
 
