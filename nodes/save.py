@@ -3,9 +3,7 @@ the core's one FLAC writer, ``stages.audio.write_audio``)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
-
 
 from ..audiostory_core.errors import InputError
 
