@@ -158,10 +158,11 @@ def test_save_node_writes_stems_that_remix_to_the_story(comfy):
 
 
 def test_player_extension_is_served(comfy):
+    """ComfyUI serves every ES module of web/ (and nothing else of the pack); the player is among them."""
     scripts = comfy.get("/extensions")
-    ours = [s for s in scripts if s.startswith(f"/extensions/{PACK}/")]
-    assert ours == [f"/extensions/{PACK}/audiostory.js"], scripts
-    with comfy_server.urllib.request.urlopen(comfy.base + ours[0]) as resp:
+    ours = sorted(s for s in scripts if s.startswith(f"/extensions/{PACK}/"))
+    assert ours == sorted(f"/extensions/{PACK}/{p.name}" for p in (ROOT / "web").glob("*.js")), scripts
+    with comfy_server.urllib.request.urlopen(comfy.base + f"/extensions/{PACK}/audiostory.js") as resp:
         js = resp.read().decode()
     assert '"AudioStorySaveAudio"' in js and '["AUDIO_UI", {}]' in js and "registerExtension" in js
 

@@ -326,10 +326,13 @@ BLUE, GREEN, YELLOW, PURPLE, CYAN, RED = "#3f789e", "#8A8", "#b58b2a", "#a1309b"
 FRONTEND_ONLY_NODES = ("MarkdownNote", "Note")          # drawn by the frontend, never sent to /prompt
 NODE_W, WIDE_W, NOTE_W = 300, 380, 360
 NOTE = "note"                     # the Note's key in a layout
-# Widgets the frontend adds: upload button and media preview, the audio player on save nodes (web/audiostory.js)
-FRONTEND_MIN = {"LoadVideo": [540, 392], "LoadAudio": [320, 170], "AudioStorySaveAudio": [300, 140],
+# Widgets the frontend adds: upload button and media preview (a floor: the preview is the node's bulk)
+FRONTEND_MIN = {"LoadVideo": [540, 392], "LoadAudio": [320, 170], "AudioStorySaveAudio": [300, 0],
                 "AudioStoryTimeline": [660, 300],
                 "SaveAudio": [300, 116]}
+# Height the frontend adds below the widgets: the audio player on the pack's save node (web/audiostory.js),
+# measured in ComfyUI 0.8's frontend (its computeSize is the widgets' height plus 54 px)
+PLAYER_H = {"AudioStorySaveAudio": 58}
 # Inputs the frontend adds to these nodes (preview widgets) and writes, empty, into "Export (API)"
 FRONTEND_EXPORTED = {"LoadAudio": {"audioUI": ""}, "SaveAudio": {"audioUI": ""},
                      "AudioStorySaveAudio": {"audioUI": ""}, "LoadVideo": {"video-preview": ""}}
@@ -554,7 +557,7 @@ def node_size(info: dict, inputs: list, outputs: list, values: dict) -> list[int
         h += min(MAX_TEXT_H, max(MIN_TEXT_H, 16 * lines + 24))
     w, h = (WIDE_W if multiline else NODE_W), h
     low = FRONTEND_MIN.get(info.get("name", ""), [0, 0])
-    h += RUN_TEXT_H.get(info.get("name", ""), 0)
+    h += RUN_TEXT_H.get(info.get("name", ""), 0) + PLAYER_H.get(info.get("name", ""), 0)
     return [max(w, low[0]), max(h, low[1])]
 
 
