@@ -12,6 +12,9 @@ byte-level BPE without merges padded with dummy entries to the base vocabulary s
 character is one token and the added AudioStory tokens get the official ids (151665... at real size).
 The T5 encoder has flan-t5-large's shape at real size (it is part of the checkpoint and is run once,
 for the cached null embedding, so it counts in the first load's memory) and one layer otherwise.
+
+The ``write_*``/``put_*`` functions below are the project's one writer of that layout: the tests' tiny
+trained checkpoint (``tests/tiny_checkpoint.py``) writes its folders through them too.
 """
 from __future__ import annotations
 
@@ -113,6 +116,109 @@ def _t5_tokenizer():
     return T5TokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
 
 
+def generation_config(tok) -> dict:
+    """Qwen2.5-Instruct's generation_config.json, with this tokenizer's ids."""
+    im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    return {"bos_token_id": eot, "do_sample": True, "eos_token_id": [im_end, eot], "pad_token_id": eot,
+            "repetition_penalty": 1.05, "temperature": 0.7, "top_k": 20, "top_p": 0.8}
+
+
+def write_qwen_folder(qwen_dir: Path, tok, config: dict, weights: Optional[dict] = None) -> None:
+    """``Qwen2.5-3B-Instruct/``: config, generation config and tokenizer (without the AudioStory tokens),
+    plus ``model.safetensors`` when the base weights live outside the bin."""
+    from safetensors.torch import save_file
+
+    tok.save_pretrained(str(qwen_dir))
+    (qwen_dir / "added_tokens.json").unlink(missing_ok=True)
+    (qwen_dir / "config.json").write_text(json.dumps(config, indent=2))
+    if weights is not None:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(qwen_dir / "model.safetensors"),
+                  metadata={"format": "pt"})
+    (qwen_dir / "generation_config.json").write_text(json.dumps(generation_config(tok)))
+
+
+def flux_config(layers: int, single_layers: int, heads: int, audio_seq_len: int) -> dict:
+    """``Flux_detokenizer/config.json`` as released (TangoFlux's DiT hyper-parameters)."""
+    return {"num_layers": layers, "num_single_layers": single_layers, "in_channels": 64, "attention_head_dim": 128,
+            "joint_attention_dim": 1024, "num_attention_heads": heads, "audio_seq_len": audio_seq_len,
+            "max_duration": 30, "uncondition": False, "text_encoder_name": "ckpt/flan-t5-large"}
+
+
+def flux_transformer(cfg: dict):
+    """The DiT module a ``flux_config`` describes (on the current default device)."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(in_channels=64, num_layers=cfg["num_layers"],
+                                  num_single_layers=cfg["num_single_layers"], attention_head_dim=128,
+                                  num_attention_heads=cfg["num_attention_heads"], joint_attention_dim=1024,
+                                  pooled_projection_dim=1024, guidance_embeds=False)
+
+
+def put_tangoflux_heads(sd: dict, rnd, g: torch.Generator, fc_scale: float) -> None:
+    """The DiT's text projection and duration embedder (official key names, ``duration_emebdder`` included)."""
+    sd["tangoflux.fc.0.weight"], sd["tangoflux.fc.0.bias"] = rnd(1024, 1024, scale=fc_scale), rnd(1024)
+    sd["tangoflux.duration_emebdder.time_positional_embedding.0.weights"] = torch.randn(128, generator=g)
+    sd["tangoflux.duration_emebdder.time_positional_embedding.1.weight"] = rnd(1024, 257, scale=0.1)
+    sd["tangoflux.duration_emebdder.time_positional_embedding.1.bias"] = rnd(1024)
+
+
+def write_t5(t5_dir: Path, t5_kwargs: dict, sd: dict) -> None:
+    """A flan-t5-shaped encoder (d_model 1024) in ``flan-t5-large/`` and inside the bin, as released."""
+    from transformers import T5Config, T5EncoderModel
+
+    t5 = T5EncoderModel(T5Config(d_model=1024, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+                                 use_cache=False, **t5_kwargs))
+    t5.save_pretrained(str(t5_dir), safe_serialization=True)
+    _t5_tokenizer().save_pretrained(str(t5_dir))
+    for k, v in t5.state_dict().items():
+        sd["tangoflux.text_encoder." + k] = v.detach().clone()
+
+
+def write_vae(flux_dir: Path, vae_config: Optional[dict]) -> None:
+    """The Oobleck VAE in ``Flux_detokenizer/model.safetensors`` (+ ``vae_config.json`` when not the default)."""
+    from diffusers import AutoencoderOobleck
+    from safetensors.torch import save_file
+
+    vae = AutoencoderOobleck(**(vae_config or {}))
+    save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(flux_dir / "model.safetensors"))
+    if vae_config:
+        (flux_dir / "vae_config.json").write_text(json.dumps(vae_config))
+
+
+def audiostory_config(*, tokenizer_path: str, lora_r: int, lora_alpha: int, vocab: int, hidden: int,
+                      n_semantic: int, n_residual: int, add_tokens_path: Optional[str] = None,
+                      whisper_resampler: Optional[dict] = None) -> dict:
+    """``AudioStory-3B/config.yaml`` (Hydra ``_target_`` entries are data here, never instantiated)."""
+    tokenizer = {"_target_": "src.models.tokenizer.init_qwen_tokenizer.init_tokenizer",
+                 "pretrained_model_path": tokenizer_path}
+    if add_tokens_path:
+        tokenizer["add_tokens_path"] = add_tokens_path
+    agent = {"_target_": "src.models.mllm.modeling_audiostory_llm.AudioStory_llm.from_pretrained"}
+    if whisper_resampler:
+        agent["whisper_resampler_llava"] = whisper_resampler
+    agent.update({"t5_feature_scale": 10.0, "model_dims": hidden})
+    return {
+        "tokenizer": tokenizer,
+        "llm_model": {"_target_": "src.models.mllm.peft_models.get_peft_model_with_resize_embedding",
+                      "model": {"_target_": "transformers.AutoModelForCausalLM.from_pretrained",
+                                "pretrained_model_name_or_path": "ckpt/Qwen2.5-3B-Instruct"},
+                      "peft_config": {"_target_": "peft.LoraConfig", "r": lora_r, "lora_alpha": lora_alpha,
+                                      "modules_to_save": ["input_layernorm", "post_attention_layernorm", "norm"],
+                                      "target_modules": list(TARGETS), "task_type": "CAUSAL_LM",
+                                      "lora_dropout": 0.05},
+                      "vocab_size": vocab},
+        "agent_model": agent,
+        "seedx_dit_model_cfg": {"_target_": "src.models.mllm.modeling_audiostory_unified.AudioStory_unified"},
+        "train_dataset": {"datapipes": [{"num_t5_out_tokens": n_semantic, "num_aud_out_tokens": n_residual}]},
+    }
+
+
+def write_audiostory_folder(as_dir: Path, config: dict, sd: dict) -> None:
+    """``config.yaml`` and the flat fp32 ``pytorch_model.bin`` (torch.save of the state dict)."""
+    (as_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    torch.save(sd, str(as_dir / "pytorch_model.bin"))
+
+
 def _random_like_module(module: torch.nn.Module, g: torch.Generator, prefix: str, out: dict) -> None:
     """Random values for every tensor of a module built on the meta device (fast at 0.5 B params)."""
     for k, v in module.state_dict().items():
@@ -125,10 +231,6 @@ def _random_like_module(module: torch.nn.Module, g: torch.Generator, prefix: str
 
 def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
     """Write the model root; returns it. Real size: ~15 GB of fp32 in ``pytorch_model.bin``."""
-    from diffusers import AutoencoderOobleck, FluxTransformer2DModel
-    from safetensors.torch import save_file
-    from transformers import T5Config, T5EncoderModel
-
     from audiostory_core.stages.grammar import added_tokens
 
     root = Path(root)
@@ -141,8 +243,6 @@ def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
     g = torch.Generator().manual_seed(seed)
 
     tok = byte_tokenizer(spec.base_vocab)
-    tok.save_pretrained(str(qwen_dir))
-    (qwen_dir / "added_tokens.json").unlink(missing_ok=True)
     im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     qcfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": spec.hidden,
             "intermediate_size": spec.ffn, "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads,
@@ -150,10 +250,7 @@ def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
             "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True, "hidden_act": "silu",
             "bos_token_id": eot, "eos_token_id": im_end, "use_sliding_window": False, "sliding_window": None,
             "torch_dtype": "bfloat16"}
-    (qwen_dir / "config.json").write_text(json.dumps(qcfg, indent=2))
-    (qwen_dir / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": eot, "do_sample": True, "eos_token_id": [im_end, eot], "pad_token_id": eot,
-        "repetition_penalty": 1.05, "temperature": 0.7, "top_k": 20, "top_p": 0.8}))
+    write_qwen_folder(qwen_dir, tok, qcfg)
     assert len(added_tokens()) == 612
 
     def rnd(*shape, scale=0.02):
@@ -188,55 +285,18 @@ def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
     for k, v in torch.nn.MultiheadAttention(1024, 8).state_dict().items():
         sd["multihead_attention." + k] = rnd(*v.shape)
 
-    flux_cfg = {"num_layers": spec.dit_layers, "num_single_layers": spec.dit_single_layers, "in_channels": 64,
-                "attention_head_dim": 128, "joint_attention_dim": 1024, "num_attention_heads": spec.dit_heads,
-                "audio_seq_len": spec.audio_seq_len, "max_duration": 30, "uncondition": False,
-                "text_encoder_name": "ckpt/flan-t5-large"}
+    flux_cfg = flux_config(spec.dit_layers, spec.dit_single_layers, spec.dit_heads, spec.audio_seq_len)
     (flux_dir / "config.json").write_text(json.dumps(flux_cfg, indent=2))
     with torch.device("meta"):
-        dit = FluxTransformer2DModel(in_channels=64, num_layers=spec.dit_layers,
-                                     num_single_layers=spec.dit_single_layers, attention_head_dim=128,
-                                     num_attention_heads=spec.dit_heads, joint_attention_dim=1024,
-                                     pooled_projection_dim=1024, guidance_embeds=False)
+        dit = flux_transformer(flux_cfg)
     _random_like_module(dit, g, "tangoflux.transformer.", sd)
     del dit
-    sd["tangoflux.fc.0.weight"], sd["tangoflux.fc.0.bias"] = rnd(1024, 1024), rnd(1024)
-    sd["tangoflux.duration_emebdder.time_positional_embedding.0.weights"] = torch.randn(128, generator=g)
-    sd["tangoflux.duration_emebdder.time_positional_embedding.1.weight"] = rnd(1024, 257, scale=0.1)
-    sd["tangoflux.duration_emebdder.time_positional_embedding.1.bias"] = rnd(1024)
+    put_tangoflux_heads(sd, rnd, g, fc_scale=0.02)
 
-    t5cfg = T5Config(d_model=1024, feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
-                     **spec.t5)
     torch.manual_seed(seed)
-    t5 = T5EncoderModel(t5cfg)
-    t5.save_pretrained(str(t5_dir), safe_serialization=True)
-    _t5_tokenizer().save_pretrained(str(t5_dir))
-    for k, v in t5.state_dict().items():
-        sd["tangoflux.text_encoder." + k] = v.detach().clone()
-
-    vae = AutoencoderOobleck(**(spec.vae_config or {}))
-    save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(flux_dir / "model.safetensors"))
-    if spec.vae_config:
-        (flux_dir / "vae_config.json").write_text(json.dumps(spec.vae_config))
-    del vae
-
-    config = {
-        "tokenizer": {"_target_": "src.models.tokenizer.init_qwen_tokenizer.init_tokenizer",
-                      "pretrained_model_path": "ckpt/Qwen2.5-3B-Instruct"},
-        "llm_model": {"_target_": "src.models.mllm.peft_models.get_peft_model_with_resize_embedding",
-                      "model": {"_target_": "transformers.AutoModelForCausalLM.from_pretrained",
-                                "pretrained_model_name_or_path": "ckpt/Qwen2.5-3B-Instruct"},
-                      "peft_config": {"_target_": "peft.LoraConfig", "r": spec.lora_r, "lora_alpha": spec.lora_alpha,
-                                      "modules_to_save": ["input_layernorm", "post_attention_layernorm", "norm"],
-                                      "target_modules": list(TARGETS), "task_type": "CAUSAL_LM",
-                                      "lora_dropout": 0.05},
-                      "vocab_size": spec.vocab},
-        "agent_model": {"_target_": "src.models.mllm.modeling_audiostory_llm.AudioStory_llm.from_pretrained",
-                        "t5_feature_scale": 10.0, "model_dims": h},
-        "seedx_dit_model_cfg": {"_target_": "src.models.mllm.modeling_audiostory_unified.AudioStory_unified"},
-        "train_dataset": {"datapipes": [{"num_t5_out_tokens": spec.n_semantic,
-                                         "num_aud_out_tokens": spec.n_residual}]},
-    }
-    (as_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    torch.save(sd, str(as_dir / "pytorch_model.bin"))
+    write_t5(t5_dir, spec.t5, sd)
+    write_vae(flux_dir, spec.vae_config)
+    write_audiostory_folder(as_dir, audiostory_config(
+        tokenizer_path="ckpt/Qwen2.5-3B-Instruct", lora_r=spec.lora_r, lora_alpha=spec.lora_alpha,
+        vocab=spec.vocab, hidden=h, n_semantic=spec.n_semantic, n_residual=spec.n_residual), sd)
     return root

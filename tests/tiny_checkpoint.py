@@ -13,8 +13,10 @@ import shutil
 from pathlib import Path
 
 import torch
-import yaml
 
+from benchmarks.official_layout import (TARGETS, audiostory_config, byte_tokenizer, flux_config, flux_transformer,
+                                        put_tangoflux_heads, write_audiostory_folder, write_qwen_folder, write_t5,
+                                        write_vae)
 from audiostory_core.stages.grammar import (AUD_CLOSE, AUD_OPEN, AUD_QUERY, GEN_CLOSE, GEN_OPEN, T5_CLOSE, T5_OPEN,
                                      T5_QUERY, THINK_CLOSE, added_tokens, build_instruction, build_prompt)
 
@@ -33,27 +35,8 @@ STORIES = {
 
 
 def _bytelevel_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import Qwen2TokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tk.normalizer = normalizers.NFC()
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tk.decoder = decoders.ByteLevel()
-    tk.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    return Qwen2TokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                              unk_token=None, bos_token=None)
-
-
-def _t5_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import T5TokenizerFast
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0) for c in "abcdefghijklmnopqrstuvwxyz▁"]
-    tk = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    return T5TokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
+    """The byte-level BPE of the benchmark writer without dummy entries: 256 bytes + 3 Qwen specials."""
+    return byte_tokenizer(259)
 
 
 def transcript_text(reasoning: str, events) -> str:
@@ -97,10 +80,6 @@ def _train_llm(tok, vocab: int, seed: int, steps: int = 400):
 def build_tiny_checkpoint(root: Path, *, folder: str = "AudioStory-3B", lora_layout: str = "peft04",
                           base_in_bin: bool = True, seed: int = 0) -> Path:
     """Write a complete model root at ``root`` and return it."""
-    from diffusers import AutoencoderOobleck, FluxTransformer2DModel
-    from safetensors.torch import save_file
-    from transformers import T5Config, T5EncoderModel
-
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
@@ -110,10 +89,8 @@ def build_tiny_checkpoint(root: Path, *, folder: str = "AudioStory-3B", lora_lay
         d.mkdir(parents=True)
 
     base_tok = _bytelevel_tokenizer()
-    base_tok.save_pretrained(str(qwen_dir))
     base_tok.save_pretrained(str(tok_dir))
     (tok_dir / "added_tokens.json").write_text(json.dumps({t: 999999 for t in added_tokens()}))  # ids are wrong, as released
-    (qwen_dir / "added_tokens.json").unlink(missing_ok=True)
     tok = _bytelevel_tokenizer()
     tok.add_tokens(added_tokens())
     vocab = len(tok)
@@ -123,14 +100,13 @@ def build_tiny_checkpoint(root: Path, *, folder: str = "AudioStory-3B", lora_lay
     P = "seedx.llm.base_model.model."
     sd: dict[str, torch.Tensor] = {}
     base_state: dict[str, torch.Tensor] = {}
-    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     for k, v in model.state_dict().items():
         v = v.detach().clone()
         module, leaf = k.rsplit(".", 1)
         short = module.split(".")[-1]
         if k == "lm_head.weight":
             continue
-        if short in targets and leaf == "weight":
+        if short in TARGETS and leaf == "weight":
             a = torch.randn(LORA_R, v.shape[1], generator=g) * 0.05
             b = torch.randn(v.shape[0], LORA_R, generator=g) * 0.05
             base = v - (LORA_ALPHA / LORA_R) * (b @ a)
@@ -140,7 +116,7 @@ def build_tiny_checkpoint(root: Path, *, folder: str = "AudioStory-3B", lora_lay
             base_state[k] = base
             sd[f"{P}{module}.lora_A.default.weight"] = a
             sd[f"{P}{module}.lora_B.default.weight"] = b
-        elif short in targets:  # bias
+        elif short in TARGETS:  # bias
             mid = ".base_layer" if lora_layout == "peft_new" else ""
             if base_in_bin:
                 sd[f"{P}{module}{mid}.bias"] = v
@@ -159,13 +135,7 @@ def build_tiny_checkpoint(root: Path, *, folder: str = "AudioStory-3B", lora_lay
     qcfg_base = qcfg.to_dict()
     qcfg_base["vocab_size"] = vocab - 612 + 5
     qcfg_base["architectures"] = ["Qwen2ForCausalLM"]
-    (qwen_dir / "config.json").write_text(json.dumps(qcfg_base, indent=2))
-    save_file({k: v.contiguous() for k, v in base_state.items()}, str(qwen_dir / "model.safetensors"),
-              metadata={"format": "pt"})
-    im_end, eot = base_tok.convert_tokens_to_ids("<|im_end|>"), base_tok.convert_tokens_to_ids("<|endoftext|>")
-    (qwen_dir / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": eot, "do_sample": True, "eos_token_id": [im_end, eot], "pad_token_id": eot,
-        "repetition_penalty": 1.05, "temperature": 0.7, "top_k": 20, "top_p": 0.8}))
+    write_qwen_folder(qwen_dir, base_tok, qcfg_base, weights=base_state)
 
     def rnd(*shape, scale=0.05):
         return torch.randn(*shape, generator=g) * scale
@@ -183,52 +153,20 @@ def build_tiny_checkpoint(root: Path, *, folder: str = "AudioStory-3B", lora_lay
     sd["seedx.input_resampler.latents"] = rnd(1, 4, HIDDEN)
     sd["seedx.output_resampler.latents"] = rnd(1, 4, HIDDEN)
 
-    flux_cfg = {"num_layers": 1, "num_single_layers": 1, "in_channels": 64, "attention_head_dim": 128,
-                "joint_attention_dim": 1024, "num_attention_heads": 2, "audio_seq_len": 176, "max_duration": 30,
-                "uncondition": False, "text_encoder_name": "ckpt/flan-t5-large"}
+    flux_cfg = flux_config(1, 1, 2, 176)
     (flux_dir / "config.json").write_text(json.dumps(flux_cfg, indent=2))
     torch.manual_seed(seed + 2)
-    dit = FluxTransformer2DModel(in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,
-                                 num_attention_heads=2, joint_attention_dim=1024, pooled_projection_dim=1024,
-                                 guidance_embeds=False)
+    dit = flux_transformer(flux_cfg)
     for k, v in dit.state_dict().items():
         sd["tangoflux.transformer." + k] = v + rnd(*v.shape, scale=0.02)  # no all-zero (AdaLN-zero) layers
-    sd["tangoflux.fc.0.weight"], sd["tangoflux.fc.0.bias"] = rnd(1024, 1024, scale=0.03), rnd(1024)
-    sd["tangoflux.duration_emebdder.time_positional_embedding.0.weights"] = torch.randn(128, generator=g)
-    sd["tangoflux.duration_emebdder.time_positional_embedding.1.weight"] = rnd(1024, 257, scale=0.1)
-    sd["tangoflux.duration_emebdder.time_positional_embedding.1.bias"] = rnd(1024)
+    put_tangoflux_heads(sd, rnd, g, fc_scale=0.03)
 
-    t5cfg = T5Config(vocab_size=32, d_model=1024, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-                     feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
-    t5 = T5EncoderModel(t5cfg)
-    t5.save_pretrained(str(t5_dir), safe_serialization=True)
-    _t5_tokenizer().save_pretrained(str(t5_dir))
-    for k, v in t5.state_dict().items():
-        sd["tangoflux.text_encoder." + k] = v.detach().clone()
-
-    vae_cfg = {"encoder_hidden_size": 4, "downsampling_ratios": [2, 4, 4, 8, 8], "channel_multiples": [1, 2, 4, 8, 16],
-               "decoder_channels": 4, "decoder_input_channels": 64, "audio_channels": 2, "sampling_rate": 44100}
-    vae = AutoencoderOobleck(**vae_cfg)
-    save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, str(flux_dir / "model.safetensors"))
-    (flux_dir / "vae_config.json").write_text(json.dumps(vae_cfg))
-
-    config = {
-        "tokenizer": {"_target_": "src.models.tokenizer.init_qwen_tokenizer.init_tokenizer",
-                      "pretrained_model_path": "ckpt/tokenizer", "add_tokens_path": "ckpt/tokenizer/added_tokens.json"},
-        "llm_model": {"_target_": "src.models.mllm.peft_models.get_peft_model_with_resize_embedding",
-                      "model": {"_target_": "transformers.AutoModelForCausalLM.from_pretrained",
-                                "pretrained_model_name_or_path": "ckpt/Qwen2.5-3B-Instruct"},
-                      "peft_config": {"_target_": "peft.LoraConfig", "r": LORA_R, "lora_alpha": LORA_ALPHA,
-                                      "modules_to_save": ["input_layernorm", "post_attention_layernorm", "norm"],
-                                      "target_modules": list(targets), "task_type": "CAUSAL_LM",
-                                      "lora_dropout": 0.05},
-                      "vocab_size": vocab},
-        "agent_model": {"_target_": "src.models.mllm.modeling_audiostory_llm.AudioStory_llm.from_pretrained",
-                        "whisper_resampler_llava": {"token_num": 4, "ori_embed_dim": 32, "tgt_embed_dim": HIDDEN},
-                        "t5_feature_scale": 10.0, "model_dims": HIDDEN},
-        "seedx_dit_model_cfg": {"_target_": "src.models.mllm.modeling_audiostory_unified.AudioStory_unified"},
-        "train_dataset": {"datapipes": [{"num_t5_out_tokens": N_SEM, "num_aud_out_tokens": N_RES}]},
-    }
-    (as_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    torch.save(sd, str(as_dir / "pytorch_model.bin"))
+    write_t5(t5_dir, dict(vocab_size=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2), sd)
+    write_vae(flux_dir, {"encoder_hidden_size": 4, "downsampling_ratios": [2, 4, 4, 8, 8],
+                         "channel_multiples": [1, 2, 4, 8, 16], "decoder_channels": 4, "decoder_input_channels": 64,
+                         "audio_channels": 2, "sampling_rate": 44100})
+    write_audiostory_folder(as_dir, audiostory_config(
+        tokenizer_path="ckpt/tokenizer", add_tokens_path="ckpt/tokenizer/added_tokens.json", lora_r=LORA_R,
+        lora_alpha=LORA_ALPHA, vocab=vocab, hidden=HIDDEN, n_semantic=N_SEM, n_residual=N_RES,
+        whisper_resampler={"token_num": 4, "ori_embed_dim": 32, "tgt_embed_dim": HIDDEN}), sd)
     return root
