@@ -94,22 +94,6 @@ def _temp_beside(path: Path) -> Iterator[tuple[int, Path, os.stat_result]]:
 
 
 @contextmanager
-def atomic_write(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` for a writer that needs a file name; on success it
-    replaces ``path``, otherwise it is removed. Prefer :func:`atomic_file` where the writer takes a file
-    object: then the file is never reopened by name."""
-    path = Path(path)
-    with _temp_beside(path) as (fd, tmp, created):
-        yield tmp
-        if not _same_regular_file(tmp, created):
-            raise OSError(f"The temporary file for {path.name} was replaced while it was written; "
-                          "nothing was saved. Is another process writing into this folder?")
-        os.fsync(fd)
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-
-
-@contextmanager
 def atomic_file(path: PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file object (the exclusively created temporary file itself); on success its
     content replaces ``path`` durably, otherwise nothing changes."""

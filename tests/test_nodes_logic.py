@@ -271,9 +271,9 @@ def test_save_prefix_and_flac_metadata(nodes, tmp_path):
         with pytest.raises(Exception):
             nodes.save.safe_prefix(bad)
     meta = nodes.save.workflow_metadata({"1": {"class_type": "X"}}, {"workflow": {"nodes": []}})
-    write = nodes.save.write_flac_with_metadata
-    f = write(tmp_path / "a.flac", torch.sin(torch.arange(8000) / 10.0).repeat(2, 1) * 0.5,
-                                       32000, meta)
+    write_audio = importlib.import_module(f"{PKG}.audiostory_core.stages.audio").write_audio
+    f = write_audio(tmp_path / "a.flac", torch.sin(torch.arange(8000) / 10.0).repeat(2, 1) * 0.5, 32000,
+                    metadata=meta)
     with av.open(str(f)) as c:
         tags = {k.lower(): v for k, v in c.metadata.items()}
         assert json.loads(tags["prompt"]) == {"1": {"class_type": "X"}}

@@ -444,13 +444,14 @@ def test_plan_total_far_from_the_requested_duration_is_flagged(shared_root, work
 SIGTERM_DURING_WRITE = r"""
 import os, signal, sys, time
 from pathlib import Path
-from audiostory_core.atomic import atomic_write
+from audiostory_core.atomic import atomic_file
 from audiostory_core.cli.main import Terminated, sigterm_interrupts
 out = Path(sys.argv[1])
 try:
     with sigterm_interrupts():
-        with atomic_write(out) as tmp:
-            tmp.write_bytes(b"half a file")
+        with atomic_file(out) as f:
+            f.write(b"half a file")
+            f.flush()
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(30)
 except Terminated:

@@ -62,7 +62,7 @@ def first(comfy):  # noqa: F811
 def test_sampler_takes_previous_latent_and_events_as_appended_optional_inputs(comfy):  # noqa: F811
     info = comfy.object_info["AudioStorySampler"]
     order = info["input_order"]["optional"]
-    assert order[-4:] == ["sampler", "sigmas", "previous", "render_events"]
+    assert order[-5:] == ["sampler", "sigmas", "previous", "render_events", "reference"]   # reference: appended later
     assert info["input"]["optional"]["previous"][0] == "LATENT"
     score = comfy.object_info["AudioStoryScore"]
     assert score["output"] == ["STRING", "STRING", "FLOAT"] and score["description"]

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from test_browser import artifacts, browser_page, server  # noqa: F401  (module fixtures: one server, one page)
+from test_browser import artifacts, browser_page, hub, server  # noqa: F401  (module fixtures: one server, one page)
 
 PLAN = {"instruction": "A quiet farm at night.", "reasoning": "",
         "events": [{"caption": "crickets chirp softly", "duration": 4.0},

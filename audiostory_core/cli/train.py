@@ -75,7 +75,8 @@ def progress_hooks(enabled: bool, losses: list):
 def cmd_train(args) -> int:
     from ..models.config import locate
     from ..models.loading import load_models
-    from ..pipeline import HOP, resolve_device
+    from ..models.config import HOP
+    from ..pipeline import resolve_device
     from ..training.datasets import cached_latents, load_examples
     from ..training.trainer import TrainData, Trainer, conditioning, require_peft
 

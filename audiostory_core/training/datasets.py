@@ -14,14 +14,13 @@ import csv
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import write_bytes_atomic
 from ..errors import AudioStoryError, InputError
 from ..stages.audio import read_audio, resample
 from ..stages.grammar import build_instruction
@@ -213,7 +212,7 @@ def latent_cache_key(ex: TrainExample, vae_config: dict, frames: int, seed: int)
 def cached_latents(vae, examples: list[TrainExample], frames: int, hop: int, seed: int,
                    cache_dir: Optional[Path] = None) -> list[torch.Tensor]:
     """Latents of every example; with ``cache_dir`` each is stored once (atomic write) and read back later."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     out = []
     cfg = dict(vae.config)
@@ -229,7 +228,6 @@ def cached_latents(vae, examples: list[TrainExample], frames: int, hop: int, see
         g = torch.Generator().manual_seed(int(latent_cache_key(ex, cfg, frames, seed)[:15], 16))
         z = encode_latents(vae, ex.wave, frames, hop, g)
         if path is not None:
-            with atomic_write(path, f"{path.name}.{os.getpid()}.part") as tmp:   # ranks may write at once
-                save_file({"latents": z.contiguous()}, str(tmp))
+            write_bytes_atomic(path, save({"latents": z.contiguous()}))   # unique temp names: ranks may race
         out.append(z)
     return out

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import write_bytes_atomic
 from ..errors import InputError
 
 LORA_FORMAT = "audiostory-lora/1"
@@ -58,13 +58,13 @@ def check_strength(strength: float) -> float:
 def save_lora(path: Union[str, Path], tensors: Mapping[str, torch.Tensor], *, rank: int, alpha: float,
               targets: Sequence[str], config: Mapping) -> Path:
     """Write ``{module}.lora_A.weight`` / ``.lora_B.weight`` pairs (keys relative to the DiT) atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = {"format": LORA_FORMAT, "target": "dit", "rank": str(int(rank)), "alpha": str(float(alpha)),
             "targets": json.dumps(list(targets)), "config": json.dumps(dict(config), sort_keys=True)}
     path = Path(path)
-    with atomic_write(path) as tmp:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    write_bytes_atomic(path, save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+                                  metadata=meta))
     return path
 
 

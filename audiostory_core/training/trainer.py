@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_file
 from ..errors import InputError
 from ..progress import Hooks, as_hooks
 from ..stages.event_tokens import event_tokens
@@ -284,8 +284,8 @@ class Trainer:
         path = self.checkpoint_dir / f"step-{self.step:07d}.pt"
         state = {"step": self.step, "lora": lora_state(self.dit), "optim": self.opt.state_dict(),
                  "losses": list(self.losses), "config": self.cfg.resume_key()}
-        with atomic_write(path) as tmp:
-            torch.save(state, tmp)
+        with atomic_file(path) as f:
+            torch.save(state, f)
         for old in sorted(self.checkpoint_dir.glob("step-*.pt"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
         return path
