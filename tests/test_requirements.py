@@ -40,7 +40,8 @@ def test_no_upper_pins_that_would_downgrade_comfyui():
 
 
 def test_floor_constraints_pin_the_declared_floors():
-    declared = _reqs(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = _reqs(project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra])
     floor = _reqs(_lines(REPO / ".ci" / "floor-constraints.txt"))
     assert {"transformers", "diffusers", "huggingface-hub", "tokenizers"} <= set(floor)
     for name, pin in floor.items():
