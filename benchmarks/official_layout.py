@@ -219,18 +219,25 @@ def write_audiostory_folder(as_dir: Path, config: dict, sd: dict) -> None:
     torch.save(sd, str(as_dir / "pytorch_model.bin"))
 
 
-def _random_like_module(module: torch.nn.Module, g: torch.Generator, prefix: str, out: dict) -> None:
+def _random_like_module(module: torch.nn.Module, g: torch.Generator, prefix: str, out: dict,
+                        storage_dtype: torch.dtype = torch.float32) -> None:
     """Random values for every tensor of a module built on the meta device (fast at 0.5 B params)."""
     for k, v in module.state_dict().items():
         if "norm" in k and k.endswith("weight"):
             t = torch.ones(v.shape)
         else:
             t = torch.randn(v.shape, generator=g) * 0.02
-        out[prefix + k] = t
+        out[prefix + k] = t.to(storage_dtype)
 
 
-def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
-    """Write the model root; returns it. Real size: ~15 GB of fp32 in ``pytorch_model.bin``."""
+def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0,
+                            storage_dtype: torch.dtype = torch.float32) -> Path:
+    """Write the model root; returns it. Real size: ~15 GB of fp32 in ``pytorch_model.bin``.
+
+    ``storage_dtype=torch.bfloat16`` stores the bin's floating tensors in bf16 (~7.5 GB): the same
+    keys and shapes, for machines where holding 15 GB while writing does not fit beside other work.
+    The loader casts to the compute dtype either way; values are the fp32 draws rounded once.
+    """
     from audiostory_core.stages.grammar import added_tokens
 
     root = Path(root)
@@ -254,7 +261,7 @@ def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
     assert len(added_tokens()) == 612
 
     def rnd(*shape, scale=0.02):
-        return torch.randn(*shape, generator=g) * scale
+        return (torch.randn(*shape, generator=g) * scale).to(storage_dtype)
 
     P = "seedx.llm.base_model.model."
     sd: dict[str, torch.Tensor] = {}
@@ -272,10 +279,10 @@ def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
             sd[m + ".lora_A.default.weight"] = rnd(spec.lora_r, shape[1])
             sd[m + ".lora_B.default.weight"] = rnd(shape[0], spec.lora_r, scale=0.002)
         for norm in ("input_layernorm", "post_attention_layernorm"):
-            sd[P + L + norm + ".modules_to_save.default.weight"] = torch.ones(h)
-            sd[P + L + norm + ".original_module.weight"] = torch.ones(h)
-    sd[P + "model.norm.modules_to_save.default.weight"] = torch.ones(h)
-    sd[P + "model.norm.original_module.weight"] = torch.ones(h)
+            sd[P + L + norm + ".modules_to_save.default.weight"] = torch.ones(h, dtype=storage_dtype)
+            sd[P + L + norm + ".original_module.weight"] = torch.ones(h, dtype=storage_dtype)
+    sd[P + "model.norm.modules_to_save.default.weight"] = torch.ones(h, dtype=storage_dtype)
+    sd[P + "model.norm.original_module.weight"] = torch.ones(h, dtype=storage_dtype)
     sd[P + "model.embed_tokens.weight"] = rnd(spec.vocab, h)
     sd[P + "lm_head.weight"] = sd[P + "model.embed_tokens.weight"]  # tied: shared storage
 
@@ -289,7 +296,7 @@ def write_random_checkpoint(root: Path, spec: SizeSpec, seed: int = 0) -> Path:
     (flux_dir / "config.json").write_text(json.dumps(flux_cfg, indent=2))
     with torch.device("meta"):
         dit = flux_transformer(flux_cfg)
-    _random_like_module(dit, g, "tangoflux.transformer.", sd)
+    _random_like_module(dit, g, "tangoflux.transformer.", sd, storage_dtype)
     del dit
     put_tangoflux_heads(sd, rnd, g, fc_scale=0.02)
 
