@@ -19,6 +19,7 @@ from ..audiostory_core.models.config import FluxConfig, max_clip_seconds
 from ..audiostory_core.tasks.reroll import format_events, parse_events
 from .common import CATEGORY, Plan
 from .input_checks import describe_plan, parse_plan_json
+from .peaks import PEAK_PAIRS, PEAKS_KEY, SCORES_KEY
 from .values import PlanBundle
 
 # The release DiT renders audio_seq_len latent frames of HOP samples at the VAE's 44.1 kHz: one event's
@@ -36,7 +37,8 @@ def timeline_limits() -> dict:
     return {"clip_seconds": CLIP_SECONDS, "snap_seconds": SNAP_SECONDS, "default_crossfade": DEFAULT_CROSSFADE,
             "min_event_seconds": validation.MIN_EVENT_SECONDS, "max_events": validation.MAX_EVENTS,
             "max_caption_chars": validation.MAX_CAPTION_CHARS, "max_total_seconds": validation.MAX_TOTAL_SECONDS,
-            "max_plan_chars": MAX_PLAN_CHARS}
+            "max_plan_chars": MAX_PLAN_CHARS, "peak_pairs": PEAK_PAIRS, "peaks_key": PEAKS_KEY,
+            "scores_key": SCORES_KEY}
 
 
 
