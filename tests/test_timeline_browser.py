@@ -195,8 +195,12 @@ def _stems(server, run: int) -> list[np.ndarray]:  # noqa: F811
 def _run_and_wait(page, server, run: int) -> None:  # noqa: F811
     page.evaluate("() => window.app.queuePrompt(0, 1)")
     t0 = time.time()
-    while not list((server.root / "output").rglob(f"timeline_{run:05}_stems/*stems.json")):
-        assert time.time() - t0 < 900, f"run {run} wrote no stems in 900 s:\n{server.log.read_text()[-3000:]}"
+    def busy() -> bool:
+        queue = server.get("/queue")
+        return bool(queue["queue_running"] or queue["queue_pending"])
+
+    while busy() or not list((server.root / "output").rglob(f"timeline_{run:05}_stems/*stems.json")):
+        assert time.time() - t0 < 900, f"run {run} did not finish in 900 s:\n{server.log.read_text()[-3000:]}"
         page.wait_for_timeout(1000)
 
 
