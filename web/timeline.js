@@ -20,7 +20,7 @@ const KEPT_RESULTS = 8;          // runs remembered (per plan) for timelines sho
 let limitsPromise = null;
 const timelines = new Set();     // live widgets, re-drawn when a run's results arrive
 const results = new Map();       // events key -> {peaks, scores}: the latest run's, per plan
-let lastPlayerNode = null;       // the save node that played last (its id), else the graph's first one
+let lastPlayerNode = null;       // id of the save node that ran last; else the graph's first save node plays
 
 function limits() {
   limitsPromise ??= api.fetchApi("/audiostory/timeline").then((r) => r.json());
@@ -137,7 +137,7 @@ function playerElement() {
   return el instanceof HTMLMediaElement ? el : null;
 }
 
-// The story's CSS colour for waveforms: ComfyUI's palette (read at draw time, so a palette switch applies).
+// A colour of ComfyUI's palette (read at draw time, so a palette switch applies at the next draw).
 function paletteColour(name, fallback) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
 }
@@ -204,7 +204,7 @@ class Timeline {
   // The playhead at the player's time (hidden when there is no player with audio).
   movePlayhead() {
     const a = playerElement();
-    const show = a && a.currentSrc && this.pps && this.plan();
+    const show = a && a.currentSrc && this.pps && this.head.isConnected;   // the track holds it when there is a plan
     this.head.style.display = show ? "block" : "none";
     if (!show) return;
     this.head.style.left = `${a.currentTime * this.pps}px`;
