@@ -275,3 +275,15 @@ def test_after_a_run_blocks_show_waveforms_scores_a_playhead_and_a_click_rerolls
     page.screenshot(path=str(artifacts / "timeline_rerolled.png"))
     assert not browser_page.about_pack(since), browser_page.about_pack(since)
     assert not [m for m in browser_page.console[since[0]:] if "pageerror" in m], browser_page.console[since[0]:]
+
+
+def test_an_invalid_selection_is_refused_by_the_timeline_not_routed(server):  # noqa: F811
+    """The /prompt hook hands only a valid selection on; a bad one stays on the Timeline, whose check refuses it."""
+    api = json.loads((ROOT / "workflows" / "api" / "audiostory_timeline.json").read_text())
+    tid = next(k for k, n in api.items() if n["class_type"] == "AudioStoryTimeline")
+    api[tid]["inputs"]["plan_json"] = json.dumps(PLAN)
+    api[tid]["inputs"]["render_events"] = "9"
+    code, body = server.post("/prompt", {"prompt": api})
+    assert code == 400, body
+    details = " ".join(e.get("details", "") for e in body["node_errors"][tid]["errors"])
+    assert "render_events" in details and "9" in details, body
