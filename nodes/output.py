@@ -23,6 +23,7 @@ from .common import CATEGORY, Events, comfy_low_vram, make_hooks, node_perf, ref
 from .widgets import setting_input
 from .input_checks import sample_rate_problem
 from .layout import audio_dict, check_latent_matches, pad_clips
+from .peaks import peaks_ui
 from .save import SAVE_FORMATS, safe_prefix, workflow_metadata
 from .values import EventsBundle
 
@@ -76,7 +77,10 @@ class AudioStoryDecode(io.ComfyNode):
         sr = sr_vae if int(sample_rate) == 0 else int(sample_rate)
         clips = [resample(c, sr_vae, sr) for c in clips]
         story = crossfade_concat(clips, sr, float(crossfade), curve)
-        return io.NodeOutput(audio_dict(story, sr), audio_dict(pad_clips(clips), sr))
+        # the Timeline widget draws each event's clip in its block (UI output only: no new socket)
+        captions = [e.caption for e in events.plan.events] if events.plan is not None else [""] * events.count
+        return io.NodeOutput(audio_dict(story, sr), audio_dict(pad_clips(clips), sr),
+                             ui=peaks_ui(captions, events.durations, clips, sr))
 
 
 def decode_with_vae(vae, latent, seconds, sample_rate: int, hooks, together: bool = False) -> list:

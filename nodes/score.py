@@ -16,6 +16,7 @@ from . import comfy_models as cm
 from . import model_choices
 from .common import CATEGORY, Events, reference_numerics
 from .layout import audio_from_dict
+from .peaks import scores_ui
 from .values import EventsBundle
 
 _LOADED: dict[str, tuple[float, ClapScorer, object]] = {}   # folder -> (mtime, scorer, ModelPatcher)
@@ -84,7 +85,10 @@ class AudioStoryScore(io.ComfyNode):
         picked = format_events(select_events(scores, select, float(threshold), int(count)))
         table = scores_table(events.plan, scores, float(threshold)) + f"\nre-roll: {picked or 'none'}"
         story = scores.story if scores.story is not None else 0.0
-        return io.NodeOutput(table, picked, story, ui=ui.PreviewText(table))
+        # the table on the node, and each event's score for the Timeline widget's blocks
+        shown = {**ui.PreviewText(table).as_dict(),
+                 **scores_ui([e.caption for e in events.plan.events], events.durations, scores.events, scores.story)}
+        return io.NodeOutput(table, picked, story, ui=shown)
 
 
 NODES = [AudioStoryScore]

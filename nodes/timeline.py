@@ -19,6 +19,7 @@ from ..audiostory_core.models.config import FluxConfig, max_clip_seconds
 from ..audiostory_core.tasks.reroll import format_events, parse_events
 from .common import CATEGORY, Plan
 from .input_checks import describe_plan, parse_plan_json
+from .peaks import PEAK_PAIRS, PEAKS_KEY, SCORES_KEY
 from .values import PlanBundle
 
 # The release DiT renders audio_seq_len latent frames of HOP samples at the VAE's 44.1 kHz: one event's
@@ -36,7 +37,8 @@ def timeline_limits() -> dict:
     return {"clip_seconds": CLIP_SECONDS, "snap_seconds": SNAP_SECONDS, "default_crossfade": DEFAULT_CROSSFADE,
             "min_event_seconds": validation.MIN_EVENT_SECONDS, "max_events": validation.MAX_EVENTS,
             "max_caption_chars": validation.MAX_CAPTION_CHARS, "max_total_seconds": validation.MAX_TOTAL_SECONDS,
-            "max_plan_chars": MAX_PLAN_CHARS}
+            "max_plan_chars": MAX_PLAN_CHARS, "peak_pairs": PEAK_PAIRS, "peaks_key": PEAKS_KEY,
+            "scores_key": SCORES_KEY}
 
 
 
@@ -107,6 +109,46 @@ class AudioStoryTimeline(io.ComfyNode):
                              ui=ui.PreviewText(describe_plan(plan)))
 
 
+SELECTION_OUTPUT = 2      # the Timeline's render_events output
+
+
+def route_selection(prompt: Any) -> Any:
+    """Hand each consumer of a Timeline's selection (its render_events output) the selection itself, and leave
+    the Timeline an empty one (``/prompt``'s on-prompt hook; ``prompt`` is changed in place and returned).
+
+    Why: ComfyUI's cache key of a node includes every ancestor's inputs, so a selection held by the Timeline
+    would make everything downstream of the plan (the first render included) run again when a click only
+    asks the re-roll sampler for other events. A selection the Timeline's own check refuses is left where it
+    is, so ``/prompt`` still refuses it with the Timeline's message."""
+    if not isinstance(prompt, dict):
+        return prompt
+    for tid, node in prompt.items():
+        if not isinstance(node, dict) or node.get("class_type") != "AudioStoryTimeline":
+            continue
+        inputs = node.get("inputs")
+        if not isinstance(inputs, dict):
+            continue
+        plan_json, selection = inputs.get("plan_json"), inputs.get("render_events", "")
+        if not isinstance(plan_json, str) or not isinstance(selection, str) \
+                or AudioStoryTimeline.validate_inputs(plan_json=plan_json, render_events=selection) is not True:
+            continue
+        count = len(parse_plan_json(plan_json).events)
+        value = format_events(parse_events(selection, count)) if selection.strip() else ""
+        for other in prompt.values():
+            links = other.get("inputs") if isinstance(other, dict) else None
+            for key, v in (links.items() if isinstance(links, dict) else ()):
+                if isinstance(v, list) and len(v) == 2 and str(v[0]) == str(tid) and v[1] == SELECTION_OUTPUT:
+                    links[key] = value
+        inputs["render_events"] = ""
+    return prompt
+
+
+def _on_prompt(json_data: Any) -> Any:
+    if isinstance(json_data, dict):
+        route_selection(json_data.get("prompt"))
+    return json_data
+
+
 def register_routes() -> None:
     """The limits and the check behind the timeline's inline errors (the server of a running ComfyUI only)."""
     try:
@@ -117,6 +159,7 @@ def register_routes() -> None:
     if getattr(PromptServer, "instance", None) is None:
         return
     routes = PromptServer.instance.routes
+    PromptServer.instance.add_on_prompt_handler(_on_prompt)
 
     @routes.get("/audiostory/timeline")
     async def limits(request):

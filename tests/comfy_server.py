@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = "comfyui-audiostory"
@@ -162,14 +162,17 @@ class Comfy:
         return [line for line in self.startup_log.splitlines() if any(m in line for m in IMPORT_FAILURE_MARKERS)]
 
 
-def prepare_base(base: Path, shared_root: Path) -> Path:
+def prepare_base(base: Path, shared_root: Path, extra_nodes: Sequence[Path] = ()) -> Path:
     """The writable ComfyUI base folder: the pack, ``models/audiostory/AudioStory`` (the shared tiny
-    checkpoint), tiny random Whisper, VLM and CLAP under the folder names the shipped workflows use."""
+    checkpoint), tiny random Whisper, VLM and CLAP under the folder names the shipped workflows use;
+    ``extra_nodes``: test-only custom node modules linked next to the pack (e.g. ``tests/dit_spy.py``)."""
     from tiny_clap import build_tiny_clap
     from tiny_media_models import build_tiny_vlm, build_tiny_whisper
 
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
+    for extra in extra_nodes:
+        (base / "custom_nodes" / extra.name).symlink_to(extra)
     models = base / "models" / "audiostory"
     models.mkdir(parents=True)
     (models / "AudioStory").symlink_to(shared_root, target_is_directory=True)
@@ -226,17 +229,18 @@ def start(base: Path, startup_timeout: float = 600, env: Optional[dict] = None) 
 
 
 def serve(base_dir: Path, shared_root: Path,
-          configure: Optional[Callable[[Path], None]] = None, env: Optional[dict] = None) -> Iterator[Comfy]:
+          configure: Optional[Callable[[Path], None]] = None, env: Optional[dict] = None,
+          extra_nodes: Sequence[Path] = ()) -> Iterator[Comfy]:
     """Body of a module-scoped server fixture: ComfyUI must be there (``need``), started, then stopped.
 
     ``configure(base)`` runs once the server is up (the browser test writes its UI settings there);
-    ``env`` adds environment variables to the server's.
+    ``env`` adds environment variables to the server's; ``extra_nodes`` as ``prepare_base``.
     """
     import pytest
     from conftest import need
 
     need(comfyui_available(), "ComfyUI", comfyui_missing_hint())
-    base = prepare_base(base_dir, shared_root)
+    base = prepare_base(base_dir, shared_root, extra_nodes)
     try:
         c = start(base, env=env)
     except RuntimeError as e:

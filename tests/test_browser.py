@@ -60,7 +60,8 @@ def server(tmp_path_factory, shared_root, hub):
          "apt-get install -y chromium, or set AUDIOSTORY_CHROMIUM")
     need(importlib.util.find_spec("playwright") is not None, "Playwright's Python package", "pip install playwright")
     yield from comfy_server.serve(tmp_path_factory.mktemp("comfy-browser"), shared_root, wb.apply_settings,
-                                  env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub)})
+                                  env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub)},
+                                  extra_nodes=[Path(__file__).with_name("dit_spy.py")])   # DiT calls, for the timeline test
 
 
 class Page:

@@ -15,7 +15,7 @@ PKG = "audiostory_pack_under_test"
 
 
 NODE_MODULES = ("values", "model_roots", "input_checks", "layout", "story_memory", "save", "dtypes_memory",
-                "streaming", "scenes", "audio_context", "event_rows")
+                "streaming", "scenes", "audio_context", "event_rows", "peaks")
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,23 @@
 """The AudioStory Timeline in the real ComfyUI frontend (headless Chromium, Playwright): every gesture
 changes exactly what it shows, and what it shows is what ``/prompt`` receives.
 
-The graph is Timeline -> PreviewAny (core), so a run needs no model. Expected values are measured in the
-page (the block's pixel width, the track's pixels per second) or written here by hand (the 0.1 s snap,
-the caption limit message of ``validation.py``). Screenshots go to ``$AUDIOSTORY_ARTIFACTS``.
+The editing tests' graph is Timeline -> PreviewAny (core), so a run needs no model. Expected values are
+measured in the page (the block's pixel width, the track's pixels per second) or written here by hand (the
+0.1 s snap, the caption limit message of ``validation.py``). The last test runs the shipped "Timeline"
+template on the tiny checkpoint (plus a Score node): waveforms and CLAP scores in the blocks, the playhead,
+click-to-play, and a re-roll of the selected block, observed through the server's files, its history and a
+DiT spy (``tests/dit_spy.py``), none of which the widget computes. Screenshots go to ``$AUDIOSTORY_ARTIFACTS``.
 """
 from __future__ import annotations
 
 import json
+import re
+import time
 
+import numpy as np
 import pytest
 
+from test_browser import BUILD, ROOT, wb
 from test_browser import artifacts, browser_page, hub, server  # noqa: F401  (module fixtures: one server, one page)
 
 PLAN = {"instruction": "A quiet farm at night.", "reasoning": "",
@@ -133,3 +140,150 @@ def test_a_limit_violation_shows_inline_and_prompt_refuses_it_with_the_same_mess
     details = [e.get("details", "") for e in body["node_errors"][str(node)]["errors"]]
     assert message in " ".join(details), details
     page.keyboard.press("Escape")
+
+
+STEPS = 4                          # sampler steps in the run test (the DiT spy sees each one)
+RUN_SETUP_JS = """([plan, steps]) => {
+  const g = window.app.graph, by = (c) => g._nodes.filter((n) => n.comfyClass === c);
+  const widget = (n, name) => n.widgets.find((w) => w.name === name);
+  const t = by("AudioStoryTimeline")[0], decode = by("AudioStoryDecode")[0], tokens = by("AudioStoryEventTokens")[0];
+  widget(t, "plan_json").value = JSON.stringify(plan, null, 2);
+  widget(t, "render_events").value = "";
+  for (const s of by("AudioStorySampler")) widget(s, "steps").value = steps;
+  const score = LiteGraph.createNode("AudioStoryScore");
+  score.pos = [t.pos[0], t.pos[1] + t.size[1] + 400];
+  g.add(score);
+  decode.connect(0, score, 0);
+  tokens.connect(0, score, 1);
+  const shown = LiteGraph.createNode("PreviewAny");
+  shown.pos = [score.pos[0] + 400, score.pos[1]];
+  g.add(shown);
+  score.connect(0, shown, 0);
+  window.app.canvas.ds.scale = 1;
+  window.app.canvas.ds.offset = [40 - t.pos[0], 120 - t.pos[1]];
+  window.app.canvas.setDirty(true, true);
+  return {timeline: t.id, save: by("AudioStorySaveAudio")[0].id, score: score.id};
+}"""
+PLAYER_JS = """(id) => window.app.graph.getNodeById(id).widgets.find((w) => w.name === "audioUI").element"""
+# Opaque-enough pixels of each block's waveform canvas (null: the block has none).
+WAVE_PIXELS_JS = """() => Array.from(document.querySelectorAll('.as-tl-block')).map((b) => {
+  const c = b.querySelector('canvas.as-tl-wave');
+  if (!c) return null;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 3; i < d.length; i += 4) if (d[i] > 40) n++;
+  return n;
+})"""
+# The playhead's x (px from the track's left edge) and the player's own time, read together.
+HEAD_JS = """(id) => {
+  const a = (%s)(id), head = document.querySelector('[data-testid=audiostory-playhead]');
+  const track = document.querySelector('.as-tl-track').getBoundingClientRect();
+  const r = head.getBoundingClientRect();
+  return {x: r.left + r.width / 2 - track.left, t: a.currentTime, paused: a.paused, shown: r.height > 0};
+}""" % PLAYER_JS
+
+
+def _stems(server, run: int) -> list[np.ndarray]:  # noqa: F811
+    """The clips the save node wrote as stems in run ``run`` (1-based counter), in event order."""
+    import soundfile as sf
+
+    (folder,) = (server.root / "output").rglob(f"timeline_{run:05}_stems")
+    index = json.loads(next(folder.glob("*stems.json")).read_text())
+    return [sf.read(str(folder / e["file"]), dtype="float32")[0] for e in index["events"]]
+
+
+def _run_and_wait(page, server, run: int) -> None:  # noqa: F811
+    page.evaluate("() => window.app.queuePrompt(0, 1)")
+    t0 = time.time()
+    def busy() -> bool:
+        queue = server.get("/queue")
+        return bool(queue["queue_running"] or queue["queue_pending"])
+
+    while busy() or not list((server.root / "output").rglob(f"timeline_{run:05}_stems/*stems.json")):
+        assert time.time() - t0 < 900, f"run {run} did not finish in 900 s:\n{server.log.read_text()[-3000:]}"
+        page.wait_for_timeout(1000)
+
+
+def _score_table(server, score_id) -> str:  # noqa: F811
+    history = server.get("/history")
+    texts = [e["outputs"][str(score_id)]["text"][0] for e in history.values() if str(score_id) in e.get("outputs", {})]
+    return texts[-1]
+
+
+def test_after_a_run_blocks_show_waveforms_scores_a_playhead_and_a_click_rerolls_one_event(
+        server, browser_page, artifacts):  # noqa: F811
+    page = browser_page.page
+    browser_page.close_dialogs()
+    ui = json.loads((ROOT / "workflows" / BUILD.ui_file_name("audiostory_timeline")).read_text())
+    since = browser_page.mark()
+    wb.load_workflow(page, ui)
+    browser_page.close_dialogs()
+    ids = page.evaluate(RUN_SETUP_JS, [PLAN, STEPS])
+    page.wait_for_selector(".as-tl-block[data-index='2']", timeout=30_000)
+    assert page.evaluate(WAVE_PIXELS_JS) == [None, None, None]          # before a run: no waveform
+    spy = page.evaluate("async () => (await fetch('/audiostory-test/dit-batches?reset=1')).json()")
+    assert spy["installed"], spy
+
+    # run 1: every event is rendered (3 events x 2 CFG rows per DiT call); every block draws its clip
+    _run_and_wait(page, server, 1)
+    assert page.evaluate("async () => (await fetch('/audiostory-test/dit-batches?reset=1')).json()")["batches"] \
+        == [6] * STEPS
+    page.wait_for_function(f"() => ({WAVE_PIXELS_JS})().every((n) => n !== null)", timeout=60_000)
+    page.screenshot(path=str(artifacts / "timeline_waveforms.png"))
+    pixels = page.evaluate(WAVE_PIXELS_JS)
+    areas = page.evaluate("() => Array.from(document.querySelectorAll('canvas.as-tl-wave')).map(c => c.width * c.height)")
+    assert all(n > 0.02 * a for n, a in zip(pixels, areas)), (pixels, areas)
+    # each block's CLAP score is the Score node's table line for that event (its history on the server)
+    table = _score_table(server, ids["score"])
+    expected = [float(m) for m in re.findall(r"^\s*\d+\s+[\d.]+-[\d.]+\s+([+-]\d\.\d{3})", table, re.M)]
+    shown = [float(page.locator(f".as-tl-block[data-index='{i}'] .as-tl-score").inner_text().split()[1])
+             for i in range(3)]
+    assert len(expected) == 3 and shown == pytest.approx(expected, abs=0.0015), (shown, table)
+
+    # the playhead follows the save node's player while it plays
+    page.wait_for_function(f"(id) => !!({PLAYER_JS})(id).currentSrc", arg=ids["save"], timeout=30_000)
+    page.evaluate(f"async (id) => {{ const a = ({PLAYER_JS})(id); a.currentTime = 0; await a.play(); }}", ids["save"])
+    page.wait_for_timeout(600)
+    one = page.evaluate(HEAD_JS, ids["save"])
+    page.wait_for_timeout(900)
+    two = page.evaluate(HEAD_JS, ids["save"])
+    page.evaluate(f"(id) => ({PLAYER_JS})(id).pause()", ids["save"])
+    pps = float(page.locator(".as-tl-track").get_attribute("data-px-per-second"))
+    assert one["shown"] and not one["paused"] and two["t"] > one["t"] > 0, (one, two)
+    assert two["x"] > one["x"]
+    for h in (one, two):            # where the player is: its currentTime on the ruler (one frame of slack)
+        assert h["x"] == pytest.approx(h["t"] * pps, abs=0.1 * pps + 2), (h, pps)
+
+    # a click on block 2 selects it for the re-roll and plays the story from its start (4.0 s)
+    block(page, 1).click()
+    assert page.evaluate(WIDGET_JS, [ids["timeline"], "render_events"]) == "2"
+    page.wait_for_timeout(300)
+    at = page.evaluate(HEAD_JS, ids["save"])
+    page.screenshot(path=str(artifacts / "timeline_playing.png"))
+    page.evaluate(f"(id) => ({PLAYER_JS})(id).pause()", ids["save"])
+    assert not at["paused"] and 4.0 <= at["t"] < 5.0, at
+
+    # run 2: only event 2 is rendered again (one event: 2 rows per DiT call); the other clips are the same
+    _run_and_wait(page, server, 2)
+    assert page.evaluate("async () => (await fetch('/audiostory-test/dit-batches')).json()")["batches"] \
+        == [2] * STEPS
+    first, second = _stems(server, 1), _stems(server, 2)
+    assert len(first) == len(second) == 3
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[2], second[2])
+    assert first[1].shape == second[1].shape and not np.array_equal(first[1], second[1])
+    page.wait_for_function(f"() => ({WAVE_PIXELS_JS})().every((n) => n > 0)", timeout=60_000)
+    page.screenshot(path=str(artifacts / "timeline_rerolled.png"))
+    assert not browser_page.about_pack(since), browser_page.about_pack(since)
+    assert not [m for m in browser_page.console[since[0]:] if "pageerror" in m], browser_page.console[since[0]:]
+
+
+def test_an_invalid_selection_is_refused_by_the_timeline_not_routed(server):  # noqa: F811
+    """The /prompt hook hands only a valid selection on; a bad one stays on the Timeline, whose check refuses it."""
+    api = json.loads((ROOT / "workflows" / "api" / "audiostory_timeline.json").read_text())
+    tid = next(k for k, n in api.items() if n["class_type"] == "AudioStoryTimeline")
+    api[tid]["inputs"]["plan_json"] = json.dumps(PLAN)
+    api[tid]["inputs"]["render_events"] = "9"
+    code, body = server.post("/prompt", {"prompt": api})
+    assert code == 400, body
+    details = " ".join(e.get("details", "") for e in body["node_errors"][tid]["errors"])
+    assert "render_events" in details and "9" in details, body

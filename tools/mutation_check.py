@@ -95,6 +95,18 @@ MUTATIONS: tuple[Mutation, ...] = (
              "packets = _encode_audio(oa, data, rate, 0)",
              ("tests/test_video_dubbing.py::test_soundtrack_starts_at_the_first_frame_of_a_video_that_starts_late",),
              "the new audio ignores the video's start time"),
+    # ---- the Timeline after a run (issue #24)
+    Mutation("timeline-selection-stays", "nodes/timeline.py",
+             'inputs["render_events"] = ""',
+             "pass",
+             ("tests/test_timeline_browser.py::test_after_a_run_blocks_show_waveforms_scores_a_playhead_and_a_click_"
+              "rerolls_one_event",),
+             "the selection stays on the Timeline: a click re-runs the first render too"),
+    Mutation("timeline-peaks-with-tail", "nodes/peaks.py",
+             "peaks = [clip_peaks(c[..., :max(1, round(float(d) * sample_rate))]) for c, d in zip(clips, durations)]",
+             "peaks = [clip_peaks(c) for c, d in zip(clips, durations)]",
+             ("tests/test_timeline_peaks.py",),
+             "a block draws its clip's crossfade tail as if it were the event"),
 )
 
 

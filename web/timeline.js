@@ -4,14 +4,23 @@
 // the workflow saves it, /prompt receives it and what runs is what the timeline shows. Limits (DiT clip
 // window, snap, event/caption/total limits) come from the pack (GET /audiostory/timeline), and inline
 // errors are the message /prompt itself gives (POST /audiostory/timeline/check): nothing is re-typed here.
-// Plain DOM (no canvas): blocks are <div>s laid out by CSS, coloured by ComfyUI's palette variables.
+// Plain DOM: blocks are <div>s laid out by CSS, coloured by ComfyUI's palette variables; after a run each
+// block gets a <canvas> with its clip's waveform (peaks sent by AudioStoryDecode in its UI output) and its CLAP
+// score (AudioStoryScore), shown only while the plan still has the rendered events (nodes/peaks.py). A playhead
+// follows the audio player of AudioStorySaveAudio (web/audiostory.js); a click on a block selects it and plays
+// the story from the block's start (shift-click only toggles the selection).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const NODE = "AudioStoryTimeline";
 const WIDGET_TYPE = "AUDIOSTORY_TIMELINE";
 const MIN_VIEW_SECONDS = 8;
+const PLAYER_NODE = "AudioStorySaveAudio";
+const KEPT_RESULTS = 8;          // runs remembered (per plan) for timelines showing an older plan
 let limitsPromise = null;
+const timelines = new Set();     // live widgets, re-drawn when a run's results arrive
+const results = new Map();       // events key -> {peaks, scores}: the latest run's, per plan
+let lastPlayerNode = null;       // id of the save node that ran last; else the graph's first save node plays
 
 function limits() {
   limitsPromise ??= api.fetchApi("/audiostory/timeline").then((r) => r.json());
@@ -44,6 +53,13 @@ const CSS = `
   background: var(--border-color, #777); opacity: .6; }
 .as-tl-edit { position: absolute; top: 0; height: 40px; z-index: 2; box-sizing: border-box; font-size: 12px;
   background: var(--comfy-input-bg, #222); color: var(--input-text, #ddd); border: 2px solid var(--p-primary-color, #4a9eff); }
+.as-tl-wave { position: absolute; left: 0; top: 0; width: 100%; height: 100%; pointer-events: none; z-index: 0; }
+.as-tl-block > span { position: relative; z-index: 1; }
+.as-tl-score { position: absolute !important; right: 10px; bottom: 2px; font-size: 10px; padding: 0 3px;
+  border-radius: 3px; background: var(--comfy-input-bg, #222); opacity: .9; }
+.as-tl-edge { z-index: 2; }
+.as-tl-head { position: absolute; top: 0; width: 2px; margin-left: -1px; height: 100%; z-index: 3; pointer-events: none;
+  background: var(--p-primary-color, #4a9eff); display: none; }
 .as-tl-error { color: var(--error-text, #ff4444); min-height: 14px; white-space: normal; }
 `;
 
@@ -73,6 +89,72 @@ function crossfadeOf(node, fallback) {
     }
   }
   return fallback;
+}
+
+// What a run's payload (and a plan) is matched on: its events' captions and durations, in order.
+function eventsKey(pairs) {
+  return JSON.stringify(pairs.map(([c, d]) => [String(c ?? ""), Number(d)]));
+}
+
+function planKey(plan) {
+  return eventsKey(plan.events.map((e) => [e.caption, e.duration]));
+}
+
+function remember(key, part, value) {
+  const r = results.get(key) ?? {};
+  results.delete(key);
+  results.set(key, { ...r, [part]: value });
+  while (results.size > KEPT_RESULTS) results.delete(results.keys().next().value);
+}
+
+// A run's UI output, as ComfyUI's "executed" message carries it (also for cached nodes): keep the per-event
+// peaks and scores (bounded by the pack's limits), note which save node has the audio, re-draw the timelines.
+async function onExecuted(detail) {
+  const out = detail?.output;
+  if (!out || typeof out !== "object") return;
+  const l = await limits();
+  const valid = (p) => p && Array.isArray(p.events) && p.events.length <= l.max_events;
+  for (const p of (Array.isArray(out[l.peaks_key]) ? out[l.peaks_key] : []).slice(-1).filter(valid)) {
+    const peaks = (Array.isArray(p.peaks) ? p.peaks : []).slice(0, p.events.length)
+      .map((a) => (Array.isArray(a) ? a.slice(0, 2 * l.peak_pairs).map(Number) : []));
+    remember(eventsKey(p.events), "peaks", peaks);
+  }
+  for (const p of (Array.isArray(out[l.scores_key]) ? out[l.scores_key] : []).slice(-1).filter(valid)) {
+    const scores = (Array.isArray(p.scores) ? p.scores : []).slice(0, p.events.length).map(Number);
+    remember(eventsKey(p.events), "scores", scores);
+  }
+  const id = detail.display_node ?? detail.node;
+  const node = app.graph?.getNodeById?.(id) ?? app.graph?.getNodeById?.(Number(id));
+  if (out.audio && node?.comfyClass === PLAYER_NODE) lastPlayerNode = node.id;
+  for (const t of timelines) t.render(t.pps);
+}
+
+// The <audio> element of the save node's player (the frontend's AUDIO_UI widget), if there is one.
+function playerElement() {
+  const nodes = (app.graph?._nodes ?? []).filter((n) => n.comfyClass === PLAYER_NODE);
+  const node = nodes.find((n) => n.id === lastPlayerNode) ?? nodes[0];
+  const el = node?.widgets?.find((w) => w.name === "audioUI")?.element;
+  return el instanceof HTMLMediaElement ? el : null;
+}
+
+// A colour of ComfyUI's palette (read at draw time, so a palette switch applies at the next draw).
+function paletteColour(name, fallback) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
+}
+
+function drawPeaks(canvas, peaks, scale) {
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pairs = peaks.length / 2;
+  ctx.clearRect(0, 0, w, h);
+  if (!pairs || !(scale > 0)) return;
+  ctx.fillStyle = paletteColour("--p-primary-color", "#4a9eff");
+  ctx.globalAlpha = 0.55;
+  const y = (v) => h / 2 - (Math.max(-1, Math.min(1, v / scale)) * h) / 2;
+  const bar = w / pairs;
+  for (let k = 0; k < pairs; k++) {
+    const top = y(peaks[2 * k + 1]), bottom = y(peaks[2 * k]);
+    ctx.fillRect(k * bar, top, Math.max(1, bar), bottom - top);
+  }
 }
 
 class Timeline {
@@ -114,7 +196,43 @@ class Timeline {
     new ResizeObserver(() => {
       if (this.scroll.clientWidth !== this.width && !this.dragging) { this.width = this.scroll.clientWidth; this.render(); }
     }).observe(this.scroll);
+    this.head = el("div", "as-tl-head");
+    this.head.dataset.testid = "audiostory-playhead";
     limits().then((l) => { this.limits = l; this.render(); this.check(); });
+  }
+
+  // The playhead at the player's time (hidden when there is no player with audio).
+  movePlayhead() {
+    const a = playerElement();
+    const show = a && a.currentSrc && this.pps && this.head.isConnected;   // the track holds it when there is a plan
+    this.head.style.display = show ? "block" : "none";
+    if (!show) return;
+    this.head.style.left = `${a.currentTime * this.pps}px`;
+    this.head.dataset.seconds = String(a.currentTime);
+  }
+
+  // Media events do not bubble: the page-level capture listener calls this for every <audio>.
+  onMedia(e) {
+    if (e.target !== playerElement()) return;
+    this.movePlayhead();
+    if (e.type === "play" && !this.animating) {
+      this.animating = true;
+      const step = () => {
+        this.movePlayhead();
+        const a = playerElement();
+        if (a && !a.paused && this.root.isConnected) requestAnimationFrame(step);
+        else this.animating = false;
+      };
+      requestAnimationFrame(step);
+    }
+  }
+
+  // Play the save node's story from ``seconds`` (a click on a block); nothing before a run.
+  playFrom(seconds) {
+    const a = playerElement();
+    if (!a || !a.currentSrc) return;
+    a.currentTime = seconds;
+    a.play().catch(() => {});   // refused autoplay: the seek stays
   }
 
   plan() {
@@ -183,6 +301,8 @@ class Timeline {
       this.ruler.appendChild(tick);
     }
     const cf = this.crossfade();
+    const run = results.get(planKey(plan)) ?? {};
+    const scale = (run.peaks ?? []).flat().reduce((m, v) => (Number.isFinite(v) ? Math.max(m, Math.abs(v)) : m), 0);
     let start = 0;
     plan.events.forEach((ev, i) => {
       if (i < plan.events.length - 1 && cf > 0) {
@@ -197,7 +317,20 @@ class Timeline {
       b.style.left = `${start * this.pps}px`;
       b.style.width = `${durs[i] * this.pps}px`;
       b.title = `${i + 1}. ${ev.caption} (${durs[i]} s, starts at ${start.toFixed(1)} s)`;
+      const peaks = run.peaks?.[i];
+      if (peaks?.length) {
+        const c = el("canvas", "as-tl-wave");
+        c.width = Math.max(1, Math.round(durs[i] * this.pps));
+        c.height = 40;
+        drawPeaks(c, peaks, scale);
+        b.appendChild(c);
+      }
       b.append(el("span", "as-tl-cap", `${i + 1}. ${ev.caption}`), el("span", "as-tl-dur", `${durs[i]} s`));
+      const score = run.scores?.[i];
+      if (Number.isFinite(score)) {
+        b.appendChild(el("span", "as-tl-score", `CLAP ${score.toFixed(3)}`));
+        b.title += ` · CLAP ${score.toFixed(3)}`;
+      }
       if (this.selected.has(i)) b.classList.add("selected");
       if (this.error && this.error.event === i) {
         b.classList.add("error");
@@ -207,17 +340,23 @@ class Timeline {
       edge.title = "Drag to change the duration";
       edge.addEventListener("pointerdown", (e) => this.dragEdge(e, i));
       b.appendChild(edge);
-      b.addEventListener("click", (e) => this.click(e, i));
+      const at = start;
+      b.addEventListener("click", (e) => this.click(e, i, at));
       b.addEventListener("dblclick", (e) => { e.stopPropagation(); this.editCaption(i); });
       this.track.appendChild(b);
       start += durs[i];
     });
+    this.track.appendChild(this.head);
+    this.movePlayhead();
     this.totalEl.textContent = `${plan.events.length} events · total ${total.toFixed(1)} s`;
     this.errorEl.textContent = this.error?.error ?? "";
   }
 
-  click(e, i) {
+  // Click: select the event (for the re-roll) and play the story from its start; shift-click: toggle it in the
+  // selection, without playing. A click that ends an edge drag does neither.
+  click(e, i, seconds) {
     e.stopPropagation();
+    if (performance.now() - (this.dragEnded ?? -1e9) < 250) return;
     this.focus = i;
     if (e.shiftKey) {
       const s = new Set(this.selected);
@@ -225,6 +364,7 @@ class Timeline {
       this.setSelection(s);
     } else {
       this.setSelection([i]);
+      this.playFrom(seconds);
     }
     this.root.focus();
   }
@@ -249,6 +389,7 @@ class Timeline {
       window.removeEventListener("pointermove", move, true);
       window.removeEventListener("pointerup", up, true);
       this.dragging = false;
+      this.dragEnded = performance.now();
       this.commit(plan);
     };
     window.addEventListener("pointermove", move, true);
@@ -346,6 +487,11 @@ class Timeline {
   }
 }
 
+api.addEventListener("executed", (e) => { onExecuted(e.detail).catch(() => {}); });
+for (const type of ["play", "pause", "timeupdate", "seeked", "loadedmetadata", "emptied"]) {
+  document.addEventListener(type, (e) => { for (const t of timelines) t.onMedia(e); }, true);
+}
+
 app.registerExtension({
   name: "AudioStory.Timeline",
   async beforeRegisterNodeDef(nodeType, nodeData) {
@@ -364,6 +510,9 @@ app.registerExtension({
           getMinHeight: () => 150,
         });
         widget.timeline = tl;
+        timelines.add(tl);
+        const removed = node.onRemoved;
+        node.onRemoved = function () { timelines.delete(tl); return removed?.apply(this, arguments); };
         node.setSize?.([Math.max(node.size?.[0] ?? 0, 640), Math.max(node.size?.[1] ?? 0, 260)]);
         return { widget };
       },
