@@ -141,6 +141,19 @@ def test_missing_node_dialog_is_detected(browser_page):
     assert not browser_page.dialogs()
 
 
+def test_wire_check_sees_wires_across_titles(browser_page):
+    """Control for the wire check below: without its reroutes, "Text to long audio" draws the wires into
+    the second row straight across the titles of "3 · Event tokens" and "4 · Sample"."""
+    name = "audiostory_text_to_long_audio"
+    wf = json.loads((ROOT / "workflows" / BUILD.ui_file_name(name)).read_text())
+    assert wf["extra"].get("reroutes")
+    for key in ("reroutes", "linkExtensions"):
+        wf["extra"].pop(key)
+    wb.load_workflow(browser_page.page, wf)
+    crossed = {h["group"] for h in wb.wires_over_titles(browser_page.page)["hits"]}
+    assert {"3 · Event tokens", "4 · Sample"} <= crossed, crossed
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_loads_as_shipped(server, browser_page, artifacts, name):
     page = browser_page.page
@@ -190,6 +203,10 @@ def test_workflow_loads_as_shipped(server, browser_page, artifacts, name):
         gx, gy = (g["bounding"][0] + ox) * s, (g["bounding"][1] + 12 + oy) * s
         assert _visible_on_canvas(page, gx + 4, gy), f"{name}: group {g['title']} is covered"
     assert not outside_their_groups(state), f"{name}: outside their group: {outside_their_groups(state)}"
+    # no wire over a group's title bar, as the frontend drew them (its own hit test on each drawn path)
+    wires = wb.wires_over_titles(page)
+    assert wires["drawn"] >= len(ui["links"]) and wires["sane"] == wires["drawn"], wires
+    assert not wires["hits"], f"{name}: wires over group titles: {wires['hits']}"
     # as drawn (the frontend may grow a node to fit its widgets): no two nodes overlap
     rects = [(n["title"], n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
              for n in state["nodes"]]

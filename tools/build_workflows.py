@@ -416,8 +416,8 @@ PRESENTATION: dict[str, dict] = {
                    "13": "Custom · Decode", "14": "Custom · Save (WAV)", "15": "Custom · Save latent",
                    "16": "Core VAE · Decode", "17": "Core VAE · Save"},
         "rows": [[(None, "", [[NOTE]]), ("1 · Models", BLUE, [["1"]]),
-                  ("2 · Plan and event tokens", GREEN, [["2"], ["3"]]), ("Core VAE decode", RED, [["16", "17"]])],
-                 [("3a · Core KSampler", PURPLE, [["4", "7"], ["5", "6"]]),
+                  ("2 · Plan and event tokens", GREEN, [["2"], ["3"]])],
+                 [("3a · Core KSampler", PURPLE, [["4", "7"], ["5", "6"]]), ("Core VAE decode", RED, [["16", "17"]]),
                   ("3b · SamplerCustomAdvanced", YELLOW, [["8", "10"], ["9", "11"], ["12", "15"], ["13", "14"]])]],
     },
     "audiostory_two_chapters_memory": {
@@ -596,6 +596,83 @@ def _layout(rows: list[list[Group]], sizes: dict[str, list[int]]):
     return pos, groups
 
 
+GROUP_TITLE_H = 34       # a group's title bar: its font size (24) x 1.4, as the frontend draws it
+
+
+def _spline(a: tuple[float, float], b: tuple[float, float], n: int = 48):
+    """Points of the frontend's wire from an output at ``a`` to an input at ``b`` (LiteGraph's spline:
+    control points a quarter of the distance out, horizontally)."""
+    d = max(30.0, ((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) ** 0.5 * 0.25)
+    c1, c2 = (a[0] + d, a[1]), (b[0] - d, b[1])
+    for i in range(n + 1):
+        t = i / n
+        u = 1 - t
+        yield (u ** 3 * a[0] + 3 * u * u * t * c1[0] + 3 * u * t * t * c2[0] + t ** 3 * b[0],
+               u ** 3 * a[1] + 3 * u * u * t * c1[1] + 3 * u * t * t * c2[1] + t ** 3 * b[1])
+
+
+def _over_title(points, groups: list[dict]) -> bool:
+    return any(g[0] <= x <= g[0] + g[2] and g[1] <= y <= g[1] + GROUP_TITLE_H
+               for x, y in points for g in (gr["bounding"] for gr in groups))
+
+
+def route_wires(nodes: list[dict], links: list[list], groups: list[dict]) -> dict:
+    """``extra`` entries (native reroutes) that keep wires off group title bars.
+
+    A wire that would cross a title is led through the gap left of its target's group: down the gap
+    between the rows (when it comes from a row above), then along the gap to the input's height, then
+    straight into the input. The browser test checks the result as the frontend draws it."""
+    by_id = {n["id"]: n for n in nodes}
+    boxes = [gr["bounding"] for gr in groups]
+
+    def group_of(pt: tuple[float, float]) -> list[float]:
+        return next(g for g in boxes if g[0] <= pt[0] <= g[0] + g[2] and g[1] <= pt[1] <= g[1] + g[3])
+
+    crossing = []
+    for lid, src, slot, dst, dslot, _ in links:
+        a, b = by_id[src], by_id[dst]
+        p = (a["pos"][0] + a["size"][0], a["pos"][1] + (slot + 0.7) * SLOT_H)
+        q = (b["pos"][0], b["pos"][1] + (dslot + 0.7) * SLOT_H)
+        if _over_title(_spline(p, q), groups):
+            g = group_of(q)
+            if group_of(p)[1] > g[1]:
+                raise ValueError(f"link {lid} runs up from a lower row of groups across a title: place its target "
+                                 "group in the same row as its source or below it")
+            crossing.append((lid, src, slot, p, q, g))
+    # the wires of one output into one group share their reroute in the gap between the rows; outputs
+    # entering the same group side by side are spread across the gap so that their reroutes stay apart
+    origins: dict[tuple, list] = defaultdict(list)
+    for lid, src, slot, p, q, g in crossing:
+        if (src, slot) not in origins[tuple(g)]:
+            origins[tuple(g)].append((src, slot))
+    reroutes: dict[tuple, dict] = {}
+    extensions = []
+
+    def reroute(key: tuple, pos: list[float], parent: int | None) -> dict:
+        if key not in reroutes:
+            r = {"id": len(reroutes) + 1, "pos": pos, "linkIds": []}
+            if parent is not None:
+                r["parentId"] = parent
+            reroutes[key] = r
+        return reroutes[key]
+
+    for lid, src, slot, p, q, g in crossing:
+        order = origins[tuple(g)]
+        spread = min(8.0, (GAP - 12) / max(1, len(order) - 1))
+        gx = g[0] - GAP / 2 + (order.index((src, slot)) - (len(order) - 1) / 2) * spread
+        parent = None
+        if p[1] < g[1]:
+            top = reroute((src, slot, tuple(g)), [gx, g[1] - GAP / 2], None)
+            top["linkIds"].append(lid)
+            parent = top["id"]
+        side = reroute((src, slot, tuple(g), q[1]), [gx, q[1]], parent)
+        side["linkIds"].append(lid)
+        extensions.append({"id": lid, "parentId": side["id"]})
+    if not extensions:
+        return {}
+    return {"reroutes": list(reroutes.values()), "linkExtensions": extensions}
+
+
 def bounds(ui: dict) -> list[float]:
     """[x, y, w, h] of everything drawn: groups, nodes with their title bars."""
     boxes = [g["bounding"] for g in ui["groups"]]
@@ -688,7 +765,7 @@ def to_ui(api: dict, object_info: dict, name: str | None = None) -> dict:
                       "widgets_values": [note_text], "title": "About this workflow", "color": "#432",
                       "bgcolor": "#653"})
     ui = {"last_node_id": last_id, "last_link_id": link_id, "nodes": nodes, "links": links, "groups": groups,
-          "config": {}, "extra": {}, "version": 0.4}
+          "config": {}, "extra": route_wires(nodes, links, groups), "version": 0.4}
     ui["extra"]["ds"] = opening_view(ui)
     return ui
 

@@ -34,6 +34,32 @@ DESCRIBE_JS = """() => {
           low_quality: c.low_quality ?? c._isLowQuality ?? null,
           low_quality_threshold: c._lowQualityZoomThreshold ?? null};
 }"""
+# In the page: the wires the frontend drew that pass over a group's title bar. Hit-tested exactly as the
+# frontend hit-tests a click on a wire (LGraphCanvas: ``ctx.isPointInStroke`` on each rendered path, graph
+# coordinates times the device pixel ratio), on a 4 px grid over each title bar. ``drawn``/``sane``: how
+# many wire segments were drawn, and how many of them contain their own midpoint (a control of the method).
+WIRES_OVER_TITLES_JS = """() => {
+  const c = window.app.canvas, g = window.app.graph;
+  c.setDirty(true, true); c.draw(true, true);
+  const ctx = c.ctx, dpr = Math.max(window.devicePixelRatio ?? 1, 1), saved = ctx.lineWidth;
+  ctx.lineWidth = c.connections_width;
+  const hits = []; let drawn = 0, sane = 0;
+  for (const seg of c.renderedPaths) {
+    if (!seg.path) continue;
+    drawn++;
+    if (seg._pos && ctx.isPointInStroke(seg.path, seg._pos[0] * dpr, seg._pos[1] * dpr)) sane++;
+    for (const gr of g._groups) {
+      const [x, y, w] = Array.from(gr._bounding || gr.bounding), th = gr.titleHeight ?? gr.font_size * 1.4;
+      let hit = null;
+      for (let px = x; px <= x + w && !hit; px += 4)
+        for (let py = y; py <= y + th && !hit; py += 4)
+          if (ctx.isPointInStroke(seg.path, px * dpr, py * dpr)) hit = [px, py];
+      if (hit) hits.push({segment: String(seg.id), reroute: seg.constructor?.name === "Reroute", group: gr.title, at: hit});
+    }
+  }
+  ctx.lineWidth = saved;
+  return {hits, drawn, sane};
+}"""
 FIT_VIEW_JS = """async () => {
   window.app.canvas.fitViewToSelectionAnimated({duration: 1});
   await new Promise(r => setTimeout(r, 400));
@@ -66,6 +92,11 @@ def open_comfy(page, base_url: str, timeout_ms: int = 120_000) -> None:
 def load_workflow(page, workflow: dict) -> dict:
     page.evaluate(LOAD_JS, workflow)
     return page.evaluate(DESCRIBE_JS)
+
+
+def wires_over_titles(page) -> dict:
+    """``{"hits": [...], "drawn": n, "sane": n}`` for the workflow on the canvas (see WIRES_OVER_TITLES_JS)."""
+    return page.evaluate(WIRES_OVER_TITLES_JS)
 
 
 def fit_view(page) -> float:
