@@ -135,13 +135,15 @@ def _emitted(planner) -> list[tuple[str, float]]:
 def test_after_e2e_training_the_planner_emits_the_trained_story(tiny_pipeline, tmp_path):
     """One long recording (instruction + two events): the LLM LoRA learns the plan text, so greedy decoding of
     the instruction emits its events (the tiny LLM only knew its own two stories before). Checked on a fresh
-    planner with the saved file applied, i.e. through the file format and the release-style merge."""
+    planner with the saved file applied, i.e. through the file format and the release-style merge. lr 1e-2 makes
+    the tiny heads' flow loss spike early; flow_weight 0.05 keeps those spikes from dominating the LLM LoRA's
+    gradient (measured: LM loss 4.82 -> 0.085 in 40 steps; with flow_weight 1 the same run decoded garbage)."""
     need_peft()
     data = _story(tmp_path)
     want = [(c, round(t - s, 2)) for s, t, c in STORY[2]]
     planner, dit = _fresh(tiny_pipeline)
     assert _emitted(planner) != want
-    result = Trainer(dit, data, _config(steps=40, lr=1e-2), tmp_path / "run", planner=planner).run()
+    result = Trainer(dit, data, _config(steps=40, lr=1e-2, flow_weight=0.05), tmp_path / "run", planner=planner).run()
     assert _emitted(planner) == want
     fresh, _ = _fresh(tiny_pipeline)
     apply_planner_lora(fresh, result.lora_path, 1.0)
