@@ -175,3 +175,34 @@ def test_e2e_resume_after_an_interrupt_equals_an_uninterrupted_run(tiny_pipeline
         assert set(pa) == set(pb) and all(torch.allclose(pa[k][1], pb[k][1], atol=1e-5) for k in pa)
     assert set(a.heads) == set(b.heads) and all(torch.allclose(a.heads[k], b.heads[k], atol=1e-5) for k in a.heads)
     assert max(float(v.abs().max()) for v in a.heads.values()) > 1e-5          # the heads did train
+
+
+def test_cli_train_e2e_writes_an_e2e_file_that_generate_lora_applies(tiny_root, tmp_path, capsys):
+    """``train --mode e2e`` from a long-recording manifest (latent cache filled first: the tiny VAE cannot encode)
+    writes an e2e file with the CLI's settings."""
+    need_peft()
+    from safetensors.torch import save_file
+
+    from audiostory_core.cli.main import main
+    from audiostory_core.models.config import locate
+    from audiostory_core.models.loading import load_models
+    from audiostory_core.training.datasets import latent_cache_key
+
+    data = _story(tmp_path)
+    frames = json.loads((tiny_root / "Flux_detokenizer" / "config.json").read_text())["audio_seq_len"]
+    vae_cfg = dict(load_models(locate(tiny_root), torch.float32, "cpu", planner=False, dit=False).vae.config)
+    examples, _ = load_examples(tmp_path / "story.jsonl", 44100, 2, 8.0)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for ex in examples:
+        save_file({"latents": torch.randn(frames, 64)}, str(cache / f"{latent_cache_key(ex, vae_cfg, frames, 0)}.safetensors"))
+    rc = main(["train", "--models", str(tiny_root), "--data", str(tmp_path / "story.jsonl"), "--out",
+               str(tmp_path / "run"), "--mode", "e2e", "--steps", "2", "--lm-weight", "0.5", "--llm-rank", "4",
+               "--latent-cache", str(cache), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    lf = read_lora(tmp_path / "run" / "lora.safetensors")
+    assert lf.metadata["target"] == "e2e" and lf.metadata["llm_rank"] == "4"
+    assert json.loads(lf.metadata["config"])["lm_weight"] == 0.5
+    assert (tmp_path / "run" / "train_log.csv").read_text().splitlines()[0].endswith(",lm_loss,flow_loss")
+    assert data.plans[0] is data.plans[1]

@@ -121,7 +121,8 @@ def add_render_args(p: argparse.ArgumentParser, seed_help: str = "") -> None:
         add_setting_arg(p, name, seed_help if name == "seed" else "")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
-                   help="apply a DiT LoRA from `train` at a strength (default 1; 0 = off), in memory (repeatable)")
+                   help="apply a LoRA from `train` at a strength (default 1; 0 = off), in memory (repeatable); an "
+                        "e2e file also changes the planner (LLM LoRA, bridge heads)")
 
 
 def settings(args, **overrides) -> RenderSettings:
