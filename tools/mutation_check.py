@@ -95,6 +95,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              "packets = _encode_audio(oa, data, rate, 0)",
              ("tests/test_video_dubbing.py::test_soundtrack_starts_at_the_first_frame_of_a_video_that_starts_late",),
              "the new audio ignores the video's start time"),
+    Mutation("e2e-heads-ignore-strength", "audiostory_core/training/lora_files.py",
+             "p.copy_((p.float() + d.to(p.device, torch.float32) * strength).to(p.dtype))",
+             "p.copy_((p.float() + d.to(p.device, torch.float32)).to(p.dtype))",
+             ("tests/test_training_e2e.py::test_e2e_file_reproduces_the_trained_models_and_strength_0_is_the_base",),
+             "an e2e LoRA's bridge heads are changed at strength 0"),
+    Mutation("e2e-lm-loss-unshifted", "audiostory_core/training/trainer.py",
+             "logits = llm.lm_head(h[p - 1:-1]).float()",
+             "logits = llm.lm_head(h[p:]).float()",
+             ("tests/test_training_e2e.py::test_after_e2e_training_the_planner_emits_the_trained_story",),
+             "the LM loss predicts each token from its own position instead of the one before"),
 )
 
 
