@@ -11,7 +11,7 @@ from ..audiostory_core.errors import ModelFilesError
 from ..audiostory_core.models.config import locate
 from ..audiostory_core.models.loading import load_models, load_stages
 from ..audiostory_core.progress import NO_HOOKS, Hooks
-from ..audiostory_core.training.lora_files import MAX_STRENGTH, apply_lora
+from ..audiostory_core.training.lora_files import MAX_STRENGTH, apply_lora, apply_planner_lora, read_lora
 from . import comfy_models as cm
 from .download_routes import fetch_hint, missing_message
 from .common import (CATEGORY, LORA_FOLDER, NO_LORA, Planner, dit_dtype, llm_dtype, lora_choices, make_hooks,
@@ -39,8 +39,9 @@ class AudioStoryModelLoader(io.ComfyNode):
                                tooltip="auto: bf16 where the device computes it well, else fp16, else fp32 (CPU); ComfyUI's "
                                        "--*-unet / --*-text-enc flags are honoured. fp16 is the official choice."),
                 io.Combo.Input("lora", options=lora_choices(), default=NO_LORA, optional=True,
-                               tooltip="A DiT LoRA from models/loras/audiostory/ (made with `python -m "
-                                       "audiostory_core train`), applied in memory; the files on disk stay as they are."),
+                               tooltip="A LoRA from models/loras/audiostory/ (made with `python -m audiostory_core train`: "
+                                       "--mode dit on the DiT, --mode e2e on the planner's LLM, bridge heads and DiT), "
+                                       "applied in memory; the files on disk stay as they are."),
                 io.Float.Input("lora_strength", default=1.0, min=-MAX_STRENGTH, max=MAX_STRENGTH, step=0.05,
                                optional=True, tooltip="1 = as trained, 0 = the base model exactly."),
             ],
@@ -78,7 +79,10 @@ class AudioStoryModelLoader(io.ComfyNode):
         loaded = load_components(paths, want, make_hooks(cls.hidden.unique_id))
         planner, dit, vae = loaded["planner"].planner, loaded["dit"].dit, loaded["vae"].vae
         if lora and lora != NO_LORA:
-            apply_lora(dit, folder_paths.get_full_path_or_raise(LORA_FOLDER, lora), lora_strength)
+            lf = read_lora(folder_paths.get_full_path_or_raise(LORA_FOLDER, lora))
+            apply_lora(dit, lf, lora_strength)
+            if lf.has_planner_part:          # an end-to-end LoRA: the LLM's LoRA and the bridge heads too
+                apply_planner_lora(planner, lf, lora_strength)
         llm_p, heads_p = cm.planner_patchers(planner)
         handle = PlannerHandle(planner=planner, null_embedding=loaded["dit"].null_embedding.detach().float().cpu(),
                                audio_seq_len=int(dit.config.audio_seq_len), vae_sample_rate=int(vae.config.sampling_rate),

@@ -107,6 +107,16 @@ MUTATIONS: tuple[Mutation, ...] = (
              "peaks = [clip_peaks(c) for c, d in zip(clips, durations)]",
              ("tests/test_timeline_peaks.py",),
              "a block draws its clip's crossfade tail as if it were the event"),
+    Mutation("e2e-heads-ignore-strength", "audiostory_core/training/lora_files.py",
+             "p.copy_((p.float() + d.to(p.device, torch.float32) * strength).to(p.dtype))",
+             "p.copy_((p.float() + d.to(p.device, torch.float32)).to(p.dtype))",
+             ("tests/test_training_e2e.py::test_e2e_file_reproduces_the_trained_models_and_strength_0_is_the_base",),
+             "an e2e LoRA's bridge heads are changed at strength 0"),
+    Mutation("e2e-lm-loss-unshifted", "audiostory_core/training/trainer.py",
+             "logits = llm.lm_head(h[p - 1:-1]).float()",
+             "logits = llm.lm_head(h[p:]).float()",
+             ("tests/test_training_e2e.py::test_after_e2e_training_the_planner_emits_the_trained_story",),
+             "the LM loss predicts each token from its own position instead of the one before"),
 )
 
 

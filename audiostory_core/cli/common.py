@@ -121,7 +121,8 @@ def add_render_args(p: argparse.ArgumentParser, seed_help: str = "") -> None:
         add_setting_arg(p, name, seed_help if name == "seed" else "")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
-                   help="apply a DiT LoRA from `train` at a strength (default 1; 0 = off), in memory (repeatable)")
+                   help="apply a LoRA from `train` at a strength (default 1; 0 = off), in memory (repeatable); an "
+                        "e2e file also changes the planner (LLM LoRA, bridge heads)")
 
 
 def settings(args, **overrides) -> RenderSettings:
@@ -168,10 +169,10 @@ def output_level(args, audio, sample_rate: int):
 
 def pipeline(args, planner=True, dit=True, vae=True):
     """``AudioStoryPipeline.from_pretrained`` with the command's model and speed arguments, then the
-    ``--lora`` files on the DiT; load warnings on stderr. Low-VRAM loads on the host and brings each
+    ``--lora`` files on the DiT (and an end-to-end file's LLM LoRA and bridge heads on the planner); load warnings on stderr. Low-VRAM loads on the host and brings each
     stage's model to the device for its stage."""
     from ..pipeline import AudioStoryPipeline
-    from ..training.lora_files import apply_lora, read_loras
+    from ..training.lora_files import apply_lora, apply_planner_lora, read_loras
 
     loras = read_loras(getattr(args, "lora", None) or [])   # checked before anything loads
     pipe = AudioStoryPipeline.from_pretrained(model_paths(args), args.device, args.dtype, perf=perf_options(args),
@@ -179,9 +180,11 @@ def pipeline(args, planner=True, dit=True, vae=True):
                                               vae=vae, strict=getattr(args, "strict", False))
     for w in pipe.models.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if loras and pipe.models.dit is not None:
-        for lf, strength in loras:
+    for lf, strength in loras:
+        if pipe.models.dit is not None and lf.pairs:
             apply_lora(pipe.models.dit, lf, strength)
+        if pipe.models.planner is not None and lf.has_planner_part:
+            apply_planner_lora(pipe.models.planner, lf, strength)
     return pipe
 
 

@@ -19,7 +19,9 @@ def add_parser(sub, add_model_args) -> None:
     t = sub.add_parser("train", help="LoRA fine-tuning on your own sounds (needs: pip install peft)")
     add_model_args(t)
     t.add_argument("--data", required=True, help="a .jsonl/.csv manifest (audio, caption) or a folder holding one")
-    t.add_argument("--mode", choices=MODES, default=d.mode, help="dit: LoRA on the DiT, conditioned by the frozen planner")
+    t.add_argument("--mode", choices=MODES, default=d.mode,
+                   help="dit: LoRA on the DiT, conditioned by the frozen planner; e2e: LoRA on the planner's LLM, "
+                        "the bridge heads and LoRA on the DiT, trained together (LM + flow loss)")
     t.add_argument("--out", required=True, help="output folder (lora.safetensors, train_log.csv, checkpoints/)")
     t.add_argument("--steps", type=int, default=d.steps)
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="clips per process and micro-step")
@@ -30,6 +32,10 @@ def add_parser(sub, add_model_args) -> None:
     t.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
     t.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scale = alpha / rank)")
     t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--lm-weight", type=float, default=d.lm_weight, help="e2e: weight of the plan-text LM loss")
+    t.add_argument("--flow-weight", type=float, default=d.flow_weight, help="e2e: weight of the flow-matching loss")
+    t.add_argument("--llm-rank", type=int, default=d.llm_rank, help="e2e: LoRA rank on the LLM")
+    t.add_argument("--llm-alpha", type=float, default=d.llm_alpha, help="e2e: LoRA alpha on the LLM")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (weights stay fp32)")
     t.add_argument("--gradient-checkpointing", action="store_true", help="less activation memory, ~30%% slower")
     t.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: at the end)")
@@ -44,7 +50,9 @@ def train_config(args) -> "TrainConfig":
     return TrainConfig(mode=args.mode, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                        lr=args.lr, schedule=args.schedule, warmup_steps=args.warmup, rank=args.rank,
                        alpha=args.alpha, seed=args.seed, bf16=args.bf16,
-                       gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every).check()
+                       gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
+                       lm_weight=args.lm_weight, flow_weight=args.flow_weight, llm_rank=args.llm_rank,
+                       llm_alpha=args.llm_alpha).check()
 
 
 def progress_hooks(enabled: bool, losses: list):
@@ -78,7 +86,7 @@ def cmd_train(args) -> int:
     from ..models.config import HOP
     from ..pipeline import resolve_device
     from ..training.datasets import cached_latents, load_examples
-    from ..training.trainer import TrainData, Trainer, conditioning, require_peft
+    from ..training.trainer import TrainData, Trainer, conditioning, e2e_data, require_peft
 
     cfg = train_config(args)
     require_peft()
@@ -101,10 +109,14 @@ def cmd_train(args) -> int:
         raise InputError(f"No usable clip in {args.data} (see the report above).")
     latents = cached_latents(vae, examples, fc.audio_seq_len, HOP, cfg.seed,
                              Path(args.latent_cache) if args.latent_cache else None)
-    data = TrainData(tokens=conditioning(models.planner, examples), latents=latents,
-                     seconds=[e.seconds for e in examples])
-    models.planner = models.vae = None          # frozen and no longer needed: free their memory
-    trainer = Trainer(models.dit, data, cfg, out)
+    planner = None
+    if cfg.mode == "e2e":
+        data, planner = e2e_data(examples, latents), models.planner    # the planner is trained too
+    else:
+        data = TrainData(tokens=conditioning(models.planner, examples), latents=latents,
+                         seconds=[e.seconds for e in examples])
+    models.planner = models.vae = None          # frozen (dit mode) or held by the trainer (e2e): free the rest
+    trainer = Trainer(models.dit, data, cfg, out, planner=planner)
     hooks, close = progress_hooks(not args.quiet and trainer.dist.rank == 0, trainer.losses)
     trainer.hooks = hooks
     if args.restart:
