@@ -42,7 +42,7 @@ EXAMPLE_AUDIO_SECONDS, EXAMPLE_AUDIO_RATE = MEDIA.AUDIO_SECONDS, MEDIA.AUDIO_RAT
 _error_of = comfy_server.error_of
 # API workflows run by another module on its own server: the training template needs a VAE whose encoder fits
 # the DiT (the shared fixture's encoder writes 2 latent channels, its DiT takes 64), so
-# test_training_comfyui.py runs it on the tests' own tiny checkpoint.
+# test_training_comfyui.py runs it on a root with a VAE that encodes 64 channels.
 RUN_ELSEWHERE = {"audiostory_train_lora": "test_training_comfyui.py"}
 
 

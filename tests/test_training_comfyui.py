@@ -20,8 +20,9 @@ from test_comfyui_e2e import API_DIR, _error_of, _files, _ui_text, comfy  # noqa
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = "audiostory_train_example"
-# The tests' own tiny checkpoint (conftest ``tiny_root``), linked into the running server's models/audiostory/:
-# the shared fixture's VAE encoder writes 2 latent channels where its DiT takes 64, so it cannot encode clips.
+# A model root the trainer can use: the shared fixture's VAE encoder writes 2 latent channels (encoder_hidden_size
+# 4) where its DiT takes 64, so it cannot encode clips. This root links every part of the shared fixture but
+# Flux_detokenizer/, whose VAE is a random one of the same config with encoder_hidden_size 128 (64 channels).
 TRAINABLE = "Trainable"
 LOADER, DATA, TRAIN, SAVE, PREVIEW = "1", "10", "11", "12", "13"
 
@@ -69,11 +70,31 @@ def _listing(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
+def build_trainable_root(shared_root: Path, dest: Path) -> Path:
+    """``dest``: the shared fixture with a VAE whose encoder fits the DiT (see TRAINABLE)."""
+    import torch
+
+    from benchmarks.official_layout import write_vae
+
+    dest.mkdir(parents=True)
+    for entry in shared_root.iterdir():
+        if entry.name != "Flux_detokenizer":
+            (dest / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    flux = dest / "Flux_detokenizer"
+    flux.mkdir()
+    (flux / "config.json").symlink_to(shared_root / "Flux_detokenizer" / "config.json")
+    cfg = json.loads((shared_root / "Flux_detokenizer" / "vae_config.json").read_text())
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    write_vae(flux, {**cfg, "encoder_hidden_size": 2 * cfg["decoder_input_channels"]})
+    return dest
+
+
 @pytest.fixture(scope="module")
-def trainable(comfy, tiny_root):  # noqa: F811
+def trainable(comfy, shared_root):  # noqa: F811
     link = comfy.root / "models" / "audiostory" / TRAINABLE
     if not link.exists():
-        link.symlink_to(tiny_root, target_is_directory=True)
+        build_trainable_root(shared_root, link)
     return comfy
 
 
