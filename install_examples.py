@@ -64,5 +64,5 @@ def install_into_comfyui_input() -> None:
             log.info("AudioStory: copied example media to %s", path)
     except OSError as e:
         log.warning("AudioStory: could not copy the example media into the input folder (%s); the mux, dubbing "
-                    "and continuation example workflows need %s there (the training one %s/).", e, ", ".join(EXAMPLE_FILES),
-                    EXAMPLE_DATASET)
+                    "and continuation example workflows need %s there (the training one %s/).", e,
+                    ", ".join(EXAMPLE_FILES), EXAMPLE_DATASET)

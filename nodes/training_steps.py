@@ -67,7 +67,8 @@ def train_config(*, steps: int, learning_rate: float, rank: int, alpha: float, s
               "batch_size": batch_size, "grad_accum": grad_accum, "warmup_steps": warmup_steps}
     for name, v in values.items():
         lim = LIMITS[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lim.min <= v <= lim.max:
+        bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        if bad or not lim.min <= v <= lim.max:
             raise InputError(f"{name} must be between {lim.min:g} and {lim.max:g}, got {v!r}")
     if schedule not in SCHEDULES:
         raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")

@@ -1,5 +1,6 @@
 """Write the pack's bundled example media (``example_media/``), generated here so no licence of a third party
-applies: a 4 s 320x180 video with a hard cut at 2 s and a 440 Hz AAC track, and a 4 s stereo 44.1 kHz WAV, and a three-clip training set with captions.
+applies: a 4 s 320x180 video with a hard cut at 2 s and a 440 Hz AAC track, a 4 s stereo 44.1 kHz WAV,
+and a three-clip training set with captions (``audiostory_train_example/``).
 
     python tools/make_example_media.py          # rewrites example_media/*.mp4 and *.wav
 
