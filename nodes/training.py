@@ -191,6 +191,8 @@ def _train(planner, dit, vae, data: TrainingData, cfg, hooks) -> tuple[dict, lis
                                                seconds=[e.seconds for e in data.examples]),
                           cfg, out=folder_paths.get_temp_directory(), hooks=hooks)
         train_dit.train()
+        log.info("AudioStory: training a rank-%d LoRA for %d steps on %d clips (%s)", cfg.rank, cfg.steps,
+                 len(data.examples), device)
         hooks.report("train", 0, cfg.steps)
         while trainer.step < cfg.steps:
             hooks.check()

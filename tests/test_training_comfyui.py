@@ -24,6 +24,7 @@ EXAMPLE = "audiostory_train_example"
 # 4) where its DiT takes 64, so it cannot encode clips. This root links every part of the shared fixture but
 # Flux_detokenizer/, whose VAE is a random one of the same config with encoder_hidden_size 128 (64 channels).
 TRAINABLE = "Trainable"
+TRAINING_STARTED = "AudioStory: training a rank-"     # nodes/training.py logs it when the step loop starts
 LOADER, DATA, TRAIN, SAVE, PREVIEW = "1", "10", "11", "12", "13"
 
 
@@ -194,17 +195,20 @@ def test_cancel_during_training_writes_nothing(trainable):
     comfy = trainable
     before = _listing(_loras(comfy))
     prefix = f"cancelled_{uuid.uuid4().hex[:6]}"
+    started = comfy.log_text().count(TRAINING_STARTED)
     pid = comfy.submit(_train_prompt(EXAMPLE, prefix, steps=10_000))
     t0 = time.time()
-    while time.time() - t0 < 120 and not comfy.get("/queue")["queue_running"]:
-        time.sleep(0.1)
-    time.sleep(4.0)                                  # load, encode, then a good many steps
+    while time.time() - t0 < 600 and comfy.log_text().count(TRAINING_STARTED) == started:   # clips encoded
+        time.sleep(0.2)
+    assert comfy.log_text().count(TRAINING_STARTED) > started, "training did not start"
+    time.sleep(2.0)                                  # inside the step loop (10,000 steps)
     code, _ = comfy.post("/interrupt", {})
     assert code == 200
     entry = comfy.wait(pid, timeout=120)
     kinds = [m[0] for m in entry["status"]["messages"]]
     assert "execution_interrupted" in kinds, entry["status"]
     assert _listing(_loras(comfy)) == before
+    assert prefix not in comfy.log_text()
 
 
 def test_a_prefix_with_a_folder_is_refused_before_running(trainable):
