@@ -40,10 +40,10 @@ def _datasets() -> list[str]:
     return dataset_choices(folder_paths.get_input_directory())
 
 
-def _int_input(name: str, tooltip: str) -> io.Int.Input:
+def _int_input(name: str, tooltip: str, **extra) -> io.Int.Input:
     lim = LIMITS[name]
     return io.Int.Input(name, default=int(lim.default), min=int(lim.min), max=int(lim.max), step=int(lim.step),
-                        tooltip=tooltip)
+                        tooltip=tooltip, **extra)
 
 
 def _float_input(name: str, tooltip: str) -> io.Float.Input:
@@ -131,7 +131,8 @@ class AudioStoryTrainLora(io.ComfyNode):
                 _float_input("learning_rate", "AdamW learning rate (the CLI's --lr)."),
                 _int_input("rank", "LoRA rank: higher learns more, file grows linearly (--rank)."),
                 _float_input("alpha", "LoRA alpha; the applied scale is alpha / rank (--alpha)."),
-                _int_input("seed", "Seed of the example order, noise and sigmas: same seed, same LoRA (--seed)."),
+                _int_input("seed", "Seed of the example order, noise and sigmas: same seed, same LoRA (--seed).",
+                           control_after_generate=True),
                 _int_input("batch_size", "Clips per micro-step (--batch-size)."),
                 _int_input("grad_accum", "Micro-steps per optimiser step (--grad-accum)."),
                 io.Combo.Input("schedule", options=list(SCHEDULE_CHOICES), default=DEFAULT_SCHEDULE,
