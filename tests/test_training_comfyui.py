@@ -217,5 +217,8 @@ def test_a_prefix_with_a_folder_is_refused_before_running(trainable):
     api.pop(PREVIEW)          # with a valid output left, ComfyUI would queue the rest and report only the save
     code, r = comfy.post("/prompt", {"prompt": api, "client_id": "t"})
     assert code == 400 and "filename_prefix" in json.dumps(r), r
-    code, r = comfy.post("/prompt", {"prompt": _train_prompt("../input", "ok"), "client_id": "t"})
-    assert code == 400 and "not found" in json.dumps(r), r
+    for hostile in ("../input", "/etc", "~", str(comfy.root / "input" / EXAMPLE), f"{EXAMPLE}/../{EXAMPLE}",
+                    f"{EXAMPLE}/captions.jsonl", "x" * 5000):
+        code, r = comfy.post("/prompt", {"prompt": _train_prompt(hostile, "ok"), "client_id": "t"})
+        assert code == 400 and "not found" in json.dumps(r), (hostile[:50], r)
+    assert comfy.get("/queue")["queue_running"] == []        # nothing ran
