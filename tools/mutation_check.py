@@ -95,6 +95,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "packets = _encode_audio(oa, data, rate, 0)",
              ("tests/test_video_dubbing.py::test_soundtrack_starts_at_the_first_frame_of_a_video_that_starts_late",),
              "the new audio ignores the video's start time"),
+    # ---- training nodes (issue #25)
+    Mutation("save-lora-overwrites", "nodes/training_steps.py",
+             'return folder / f"{prefix}_{highest + 1:05d}{LORA_SUFFIX}"',
+             'return folder / f"{prefix}_{max(highest, 1):05d}{LORA_SUFFIX}"',
+             ("tests/test_training_nodes_logic.py::test_next_lora_path_counts_up_and_never_overwrites",),
+             "Save LoRA overwrites the newest LoRA of the same prefix"),
 )
 
 
