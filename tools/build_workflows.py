@@ -544,8 +544,8 @@ PRESENTATION["audiostory_timeline"] = {
               ("5 · Decode and save", CYAN, [["6", "7"]])]],
 }
 PRESENTATION["audiostory_train_lora"] = {
-    "card": "Teach the DiT your own sounds (LoRA). Needs: AudioStory models, peft",
-    "file": "AudioStory - Train on your own sounds",
+    "card": "A LoRA on your own clips. Needs: AudioStory models, peft",
+    "file": "AudioStory - Train your sounds",      # the card fits 31 characters (test_browser)
     "note": ("## Train on your own sounds\nPut a folder under ComfyUI's `input/` with your clips and a "
              "`captions.jsonl` (one line per clip: `{\"audio\": \"rain.wav\", \"caption\": \"soft rain on a "
              "roof\"}`), pick it in **Training data** (press R to refresh the list); lines that cannot be used "
