@@ -12,7 +12,7 @@ import logging
 log = logging.getLogger("AudioStory")
 
 NODE_MODULES = ("loader", "planner", "timeline", "tokens", "sampler", "output", "video", "continuation", "score",
-                "simple")
+                "simple", "training")
 
 
 def load_nodes() -> list:

@@ -35,6 +35,7 @@ NODE_IDS = (
     "AudioStoryDubbingPlan", "AudioStoryAudioContext", "AudioStoryContinuationJoin", "AudioStoryScore",
     "AudioStorySimple",
     "AudioStoryTimeline",
+    "AudioStoryTrainingData", "AudioStoryTrainLora", "AudioStorySaveLora",
 )
 # Lines in ComfyUI's log that mean part of the pack did not load (nodes/__init__.py, ComfyUI's loader).
 IMPORT_FAILURE_MARKERS = ("AudioStory: nodes/", "IMPORT FAILED", "Cannot import")

@@ -66,6 +66,7 @@ SHARED_FIXTURE = _shared_fixture()
 # ``slow`` marker. ``python -m pytest -q -m "not slow"`` is the quick subset (README, Tests).
 SLOW_MODULES = frozenset({
     "test_comfyui_e2e", "test_comfyui_native", "test_browser", "test_reroll_comfyui",   # a real ComfyUI
+    "test_training_comfyui",
     "test_batch", "test_fast_paths", "test_reroll", "test_continuation", "test_video_dubbing",
     "test_release_variants",
 })

@@ -40,6 +40,10 @@ OWN_WORKFLOWS = set(BUILD.workflows())                  # API names; UI files ar
 EXAMPLE_VIDEO_CUTS, EXAMPLE_VIDEO_SECONDS = MEDIA.VIDEO_CUTS, MEDIA.VIDEO_SECONDS
 EXAMPLE_AUDIO_SECONDS, EXAMPLE_AUDIO_RATE = MEDIA.AUDIO_SECONDS, MEDIA.AUDIO_RATE
 _error_of = comfy_server.error_of
+# API workflows run by another module on its own server: the training template needs a VAE whose encoder fits
+# the DiT (the shared fixture's encoder writes 2 latent channels, its DiT takes 64), so
+# test_training_comfyui.py runs it on a root with a VAE that encodes 64 channels.
+RUN_ELSEWHERE = {"audiostory_train_lora": "test_training_comfyui.py"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +60,8 @@ def executed(comfy):
     """Run every API workflow once (in name order); returns {name: history entry}."""
     out = {}
     for p in sorted(API_DIR.glob("*.json")):
+        if p.stem in RUN_ELSEWHERE:
+            continue
         api = json.loads(p.read_text())
         missing = sorted({n["class_type"] for n in api.values()} - set(comfy.object_info))
         if missing:
@@ -194,7 +200,7 @@ def test_ui_workflows_are_regenerated(comfy, tmp_path):
 
 
 # ---------------------------------------------------------------- API workflows
-@pytest.mark.parametrize("name", sorted(p.stem for p in API_DIR.glob("*.json")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in API_DIR.glob("*.json") if p.stem not in RUN_ELSEWHERE))
 def test_api_workflow_executes(comfy, executed, name):
     entry = executed[name]
     assert not isinstance(entry, tuple), f"{name}: {entry[1]}"

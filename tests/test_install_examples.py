@@ -53,3 +53,20 @@ def test_a_failed_copy_leaves_no_file(helper, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()                                                   # the next start copies them
     assert len(helper.install_examples(tmp_path)) == len(helper.EXAMPLE_FILES)
+
+
+def test_training_example_folder_is_copied_manifest_last_and_once(helper, tmp_path, monkeypatch):
+    src = helper.EXAMPLES_DIR / helper.EXAMPLE_DATASET
+    assert sorted(p.name for p in src.iterdir()) == sorted(helper.EXAMPLE_DATASET_FILES)
+    order = []
+    real = helper.shutil.copyfileobj
+    monkeypatch.setattr(helper.shutil, "copyfileobj", lambda a, b: (order.append(a.name), real(a, b)))
+    written = helper.install_example_dataset(tmp_path)
+    dst = tmp_path / helper.EXAMPLE_DATASET
+    assert written == [dst / n for n in helper.EXAMPLE_DATASET_FILES]
+    assert Path(order[-1]).name == "captions.jsonl"
+    for n in helper.EXAMPLE_DATASET_FILES:
+        assert (dst / n).read_bytes() == (src / n).read_bytes()
+    (dst / "rain.wav").write_bytes(b"the user's edit")
+    assert helper.install_example_dataset(tmp_path) == []              # present: never copied again
+    assert (dst / "rain.wav").read_bytes() == b"the user's edit"

@@ -27,8 +27,10 @@ from conftest import need
 ROOT = Path(__file__).resolve().parents[1]
 # widgets whose name ComfyUI's convention chose (the tooltip names the setting)
 WIDGET_SETTING = {"cfg": "guidance", "sampler_name": "sampler", "curve": "crossfade_curve"}
-# widgets named like a setting that are another setting: the captioner's VLM token budget
-NOT_A_SETTING = {("AudioStoryVideoCaptioner", "max_new_tokens")}
+# widgets named like a setting that are another setting: the captioner's VLM token budget, the training
+# node's optimiser steps and seed (TrainConfig's, nodes/training_steps.py LIMITS)
+NOT_A_SETTING = {("AudioStoryVideoCaptioner", "max_new_tokens"), ("AudioStoryTrainLora", "steps"),
+                 ("AudioStoryTrainLora", "seed")}
 
 _PRELUDE = r'''
 import importlib, importlib.util, json, sys, types

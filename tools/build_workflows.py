@@ -33,6 +33,7 @@ THUNDER = "A thunderstorm rolls over a quiet farm at night."
 FIRE = "A fire truck leaves the station with sirens blaring."
 EXAMPLE_VIDEO = "audiostory_example.mp4"
 EXAMPLE_AUDIO = "audiostory_continue_example.wav"
+EXAMPLE_DATASET = "audiostory_train_example"     # example_media/<this>/captions.jsonl, copied into input/
 
 EDITED_PLAN = {
     "instruction": "A thunderstorm rolls over a quiet farm at night. The total duration is 12.0 seconds.",
@@ -208,7 +209,28 @@ def workflows() -> dict[str, dict]:
         "10": _save(["8", 0], "audio/AudioStory_fixed", "wav"),
     }
     w["audiostory_timeline"] = timeline_workflow()
+    w["audiostory_train_lora"] = train_workflow()
     return w
+
+
+def train_workflow() -> dict:
+    """Train a DiT LoRA on the example clips (the CLI's defaults), preview the loss, save the LoRA."""
+    from audiostory_core.training.trainer import TrainConfig
+
+    d = TrainConfig()
+    return {
+        "1": _loader(),
+        "2": {"class_type": "AudioStoryTrainingData",
+              "inputs": {"dataset": EXAMPLE_DATASET, "planner": ["1", 0], "vae": ["1", 2]}},
+        "3": {"class_type": "AudioStoryTrainLora",
+              "inputs": {"planner": ["1", 0], "model": ["1", 1], "vae": ["1", 2], "data": ["2", 0],
+                         "steps": d.steps, "learning_rate": d.lr, "rank": d.rank, "alpha": d.alpha, "seed": d.seed,
+                         "batch_size": d.batch_size, "grad_accum": d.grad_accum, "schedule": d.schedule,
+                         "warmup_steps": d.warmup_steps, "bf16": d.bf16,
+                         "gradient_checkpointing": d.gradient_checkpointing}},
+        "4": {"class_type": "AudioStorySaveLora", "inputs": {"lora": ["3", 0], "filename_prefix": "audiostory_lora"}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
 
 
 def timeline_workflow() -> dict:
@@ -520,6 +542,23 @@ PRESENTATION["audiostory_timeline"] = {
     "rows": [[(None, "", [[NOTE]]), ("1 · Models", BLUE, [["1"]]), ("2 · Timeline", GREEN, [["2"]])],
              [("3 · Event tokens", YELLOW, [["3"]]), ("4 · Render and re-roll", PURPLE, [["4"], ["5"]]),
               ("5 · Decode and save", CYAN, [["6", "7"]])]],
+}
+PRESENTATION["audiostory_train_lora"] = {
+    "card": "A LoRA on your own clips. Needs: AudioStory models, peft",
+    "file": "AudioStory - Train your sounds",      # the card fits 31 characters (test_browser)
+    "note": ("## Train on your own sounds\nPut a folder under ComfyUI's `input/` with your clips and a "
+             "`captions.jsonl` (one line per clip: `{\"audio\": \"rain.wav\", \"caption\": \"soft rain on a "
+             "roof\"}`), pick it in **Training data** (press R to refresh the list); lines that cannot be used "
+             "are listed on the node with the reason. The example `audiostory_train_example/` (three generated "
+             "CC0 clips) is copied there by the pack.\n\n**Train LoRA** trains a LoRA on the DiT as "
+             "`python -m audiostory_core train --mode dit` does (same defaults; Cancel stops it between steps "
+             "and writes nothing). **Save LoRA** writes `models/loras/audiostory/<prefix>_00001.safetensors`: "
+             "pick it in **Load AudioStory models > lora** of any other workflow (strength 0 = the base model)."
+             "\n\nNeeds the `peft` library (`pip install peft`).\n\n" + MODELS_NOTE),
+    "titles": {"1": "Load AudioStory models", "2": "Training data · your clips", "3": "Train LoRA",
+               "4": "Save LoRA", "5": "Loss per step"},
+    "rows": [[(None, "", [[NOTE]]), ("1 · Models", BLUE, [["1"]]), ("2 · Data", GREEN, [["2"]])],
+             [("3 · Train", PURPLE, [["3"]]), ("4 · Save and check", CYAN, [["4"], ["5"]])]],
 }
 
 

@@ -1,5 +1,6 @@
 """Write the pack's bundled example media (``example_media/``), generated here so no licence of a third party
-applies: a 4 s 320x180 video with a hard cut at 2 s and a 440 Hz AAC track, and a 4 s stereo 44.1 kHz WAV.
+applies: a 4 s 320x180 video with a hard cut at 2 s and a 440 Hz AAC track, a 4 s stereo 44.1 kHz WAV,
+and a three-clip training set with captions (``audiostory_train_example/``).
 
     python tools/make_example_media.py          # rewrites example_media/*.mp4 and *.wav
 
@@ -17,6 +18,37 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 VIDEO_NAME, VIDEO_CUTS, VIDEO_SECONDS, VIDEO_SIZE = "audiostory_example.mp4", [2.0], 4.0, (320, 180)
 AUDIO_NAME, AUDIO_SECONDS, AUDIO_RATE = "audiostory_continue_example.wav", 4.0, 44100
+# The training example (the "Train your sounds" template): short mono clips and their captions.
+TRAIN_DIR, TRAIN_MANIFEST, TRAIN_RATE, TRAIN_SECONDS = "audiostory_train_example", "captions.jsonl", 22050, 1.0
+TRAIN_CLIPS = (("rain.wav", "soft rain falls on a tin roof"), ("beep.wav", "a steady electronic beep"),
+               ("chirp.wav", "a small bird chirps twice"))
+
+
+def make_training_set(folder: Path) -> list[Path]:
+    """Three 1 s mono 16-bit clips (filtered noise, a tone, two rising chirps) and ``captions.jsonl``."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    n = int(TRAIN_RATE * TRAIN_SECONDS)
+    t = np.arange(n) / TRAIN_RATE
+    noise = np.convolve(rng.standard_normal(n), np.ones(8) / 8, mode="same")
+    chirp = np.zeros(n)
+    for start in (0.15, 0.55):
+        m = (t >= start) & (t < start + 0.2)
+        tt = t[m] - start
+        chirp[m] = np.sin(2 * np.pi * (2000 * tt + 6000 * tt ** 2)) * np.hanning(m.sum())
+    waves = {"rain.wav": 0.3 * noise, "beep.wav": 0.2 * np.sin(2 * np.pi * 880 * t), "chirp.wav": 0.3 * chirp}
+    written = []
+    for name, _ in TRAIN_CLIPS:
+        sf.write(str(folder / name), waves[name].astype(np.float32), TRAIN_RATE, subtype="PCM_16")
+        written.append(folder / name)
+    lines = [json.dumps({"audio": name, "caption": caption}) for name, caption in TRAIN_CLIPS]
+    (folder / TRAIN_MANIFEST).write_text("\n".join(lines) + "\n")
+    return written + [folder / TRAIN_MANIFEST]
 
 
 def make_icon(path: Path = ROOT / "assets" / "icon.png", size: int = 400) -> Path:
@@ -50,6 +82,8 @@ def main(out: Path = ROOT / "example_media") -> int:
     make_wav(out / AUDIO_NAME, seconds=AUDIO_SECONDS, rate=AUDIO_RATE)
     for name in (VIDEO_NAME, AUDIO_NAME):
         print(f"wrote {out / name} ({(out / name).stat().st_size} bytes)")
+    for path in make_training_set(out / TRAIN_DIR):
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
     print("wrote", make_icon())
     return 0
 

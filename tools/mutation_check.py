@@ -117,6 +117,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "logits = llm.lm_head(h[p:]).float()",
              ("tests/test_training_e2e.py::test_after_e2e_training_the_planner_emits_the_trained_story",),
              "the LM loss predicts each token from its own position instead of the one before"),
+    # ---- training nodes (issue #25)
+    Mutation("save-lora-overwrites", "nodes/training_steps.py",
+             'return folder / f"{prefix}_{highest + 1:05d}{LORA_SUFFIX}"',
+             'return folder / f"{prefix}_{max(highest, 1):05d}{LORA_SUFFIX}"',
+             ("tests/test_training_nodes_logic.py::test_next_lora_path_counts_up_and_never_overwrites",),
+             "Save LoRA overwrites the newest LoRA of the same prefix"),
 )
 
 
