@@ -21,18 +21,22 @@ EXAMPLE_DATASET = "audiostory_train_example"
 EXAMPLE_DATASET_FILES = ("rain.wav", "beep.wav", "chirp.wav", "captions.jsonl")   # the manifest last
 
 
-def install_examples(input_dir: Path, examples_dir: Path = EXAMPLES_DIR) -> list[Path]:
-    """Copy each missing example into ``input_dir``; returns the files written."""
-    input_dir = Path(input_dir)
+def _copy_missing(names: tuple[str, ...], src_dir: Path, dst_dir: Path) -> list[Path]:
+    """Copy each of ``names`` that ``dst_dir`` lacks, in order, atomically; returns the files written."""
     written = []
-    for name in EXAMPLE_FILES:
-        src, dst = examples_dir / name, input_dir / name
+    for name in names:
+        src, dst = src_dir / name, dst_dir / name
         if dst.exists() or not src.is_file():
             continue
         with atomic_file(dst) as out, open(src, "rb") as inp:
             shutil.copyfileobj(inp, out)
         written.append(dst)
     return written
+
+
+def install_examples(input_dir: Path, examples_dir: Path = EXAMPLES_DIR) -> list[Path]:
+    """Copy each missing example into ``input_dir``; returns the files written."""
+    return _copy_missing(EXAMPLE_FILES, Path(examples_dir), Path(input_dir))
 
 
 def install_example_dataset(input_dir: Path, examples_dir: Path = EXAMPLES_DIR) -> list[Path]:
@@ -43,15 +47,7 @@ def install_example_dataset(input_dir: Path, examples_dir: Path = EXAMPLES_DIR) 
             (dst_dir.exists() and not dst_dir.is_dir()):
         return []
     dst_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in EXAMPLE_DATASET_FILES:
-        src, dst = src_dir / name, dst_dir / name
-        if dst.exists() or not src.is_file():
-            continue
-        with atomic_file(dst) as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
-        written.append(dst)
-    return written
+    return _copy_missing(EXAMPLE_DATASET_FILES, src_dir, dst_dir)
 
 
 def install_into_comfyui_input() -> None:

@@ -149,24 +149,32 @@ def require_peft():
     return peft
 
 
-def add_llm_lora(planner, cfg: TrainConfig) -> list[torch.nn.Parameter]:
-    """peft LoRA on the planner's LLM (the release's planner LoRA targets unless ``llm_targets``) and the bridge
-    heads made trainable; every other planner weight frozen. Returns the trainable parameters (LLM LoRA first)."""
+def _inject_lora(model: torch.nn.Module, inject_into: torch.nn.Module, *, rank: int, alpha: float,
+                 targets: list[str], seed: int, what: str) -> list[torch.nn.Parameter]:
+    """Freeze ``model``, inject fp32 peft LoRA layers into ``inject_into`` (seeded: peft's lora_A init draws
+    from the global RNG) and return them, trainable. The DiT and the LLM share this one recipe."""
     peft = require_peft()
-    llm, heads = planner.llm, planner.heads
-    for p in llm.parameters():
+    for p in model.parameters():
         p.requires_grad_(False)
-    targets = list(cfg.llm_targets) or list(planner.config.lora.target_modules)
-    lc = peft.LoraConfig(r=cfg.llm_rank, lora_alpha=cfg.llm_alpha, target_modules=targets, lora_dropout=0.0,
-                         init_lora_weights=True)
-    torch.manual_seed(cfg.seed + 1)
-    peft.inject_adapter_in_model(lc, llm)
-    params = [p for n, p in llm.named_parameters() if "lora_" in n]
+    lc = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, init_lora_weights=True)
+    torch.manual_seed(seed)
+    peft.inject_adapter_in_model(lc, inject_into)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
     if not params:
-        raise InputError(f"No module of the LLM matches the LoRA targets {targets}.")
+        raise InputError(f"No module of the {what} matches the LoRA targets {targets}.")
     for p in params:
         p.requires_grad_(True)
         p.data = p.data.float()
+    return params
+
+
+def add_llm_lora(planner, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    """peft LoRA on the planner's LLM (the release's planner LoRA targets unless ``llm_targets``) and the bridge
+    heads made trainable; every other planner weight frozen. Returns the trainable parameters (LLM LoRA first)."""
+    llm, heads = planner.llm, planner.heads
+    targets = list(cfg.llm_targets) or list(planner.config.lora.target_modules)
+    params = _inject_lora(llm, llm, rank=cfg.llm_rank, alpha=cfg.llm_alpha, targets=targets, seed=cfg.seed + 1,
+                          what="LLM")
     for p in heads.parameters():
         p.data = p.data.float()
         p.requires_grad_(True)
@@ -195,19 +203,8 @@ def llm_release_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def add_lora(dit, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     """Inject peft LoRA layers into the DiT's transformer (base weights frozen); returns the trainable ones."""
-    peft = require_peft()
-    for p in dit.parameters():
-        p.requires_grad_(False)
-    lc = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=list(cfg.targets), lora_dropout=0.0,
-                         init_lora_weights=True)
-    torch.manual_seed(cfg.seed)   # peft's lora_A init draws from the global RNG
-    peft.inject_adapter_in_model(lc, dit.transformer)
-    params = [p for n, p in dit.named_parameters() if "lora_" in n]
-    if not params:
-        raise InputError(f"No module of the DiT matches targets {list(cfg.targets)}.")
-    for p in params:
-        p.requires_grad_(True)
-        p.data = p.data.float()
+    params = _inject_lora(dit, dit.transformer, rank=cfg.rank, alpha=cfg.alpha, targets=list(cfg.targets),
+                          seed=cfg.seed, what="DiT")
     if cfg.gradient_checkpointing:
         dit.transformer.enable_gradient_checkpointing()
     return params
