@@ -103,7 +103,7 @@ class AudioStoryTrainingData(io.ComfyNode):
             raise InputError("vae must be the AudioStory VAE from the AudioStory Model Loader.")
         sr, channels = int(vae.diffusers_vae.config.sampling_rate), int(vae.diffusers_vae.config.audio_channels)
         with torch.inference_mode(False):
-            examples, report = load_examples(path, sr, channels, planner.max_clip_seconds)
+            examples, report = load_examples(path, sr, channels, planner.max_clip_seconds, confine=True)
         text = report_text(dataset, report)
         if not examples:
             raise InputError(f"No usable clip in {dataset}.\n{text}")

@@ -236,6 +236,28 @@ def test_generate_lora_option_checks_the_file_before_loading(tiny_root, tmp_path
     assert not (tmp_path / "story.wav").exists()
 
 
+def test_a_confined_manifest_reads_no_file_outside_its_folder(tmp_path):
+    """What the ComfyUI data-set node asks for: a manifest (which anyone may upload to the server) naming a
+    file outside its folder, by ``..``, an absolute path or a symlink, gets that line refused; unconfined (the
+    CLI, the user's own manifest) the same file loads."""
+    data, outside = tmp_path / "set", tmp_path / "private"
+    data.mkdir()
+    outside.mkdir()
+    _wav(data / "tone.wav", 1.0)
+    _wav(outside / "secret.wav", 1.0)
+    (data / "link.wav").symlink_to(outside / "secret.wav")
+    rows = [{"audio": "tone.wav", "caption": "inside"}, {"audio": "../private/secret.wav", "caption": "up"},
+            {"audio": str(outside / "secret.wav"), "caption": "absolute"}, {"audio": "link.wav", "caption": "link"}]
+    (data / "clips.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    examples, report = load_examples(data, 44100, 2, max_clip_seconds=8.0, confine=True)
+    assert [examples[0].plan.events[0].caption] == [e.plan.events[e.event].caption for e in examples] == ["inside"]
+    skipped = dict(report.skipped)
+    assert sorted(skipped) == ["clips.jsonl:2", "clips.jsonl:3", "clips.jsonl:4"]
+    assert all("outside the data set's folder" in why for why in skipped.values())
+    unconfined, _ = load_examples(data, 44100, 2, max_clip_seconds=8.0)
+    assert len(unconfined) == 4
+
+
 def test_cli_train_reports_bad_lines_and_writes_the_lora_and_log(tiny_root, tmp_path, capsys):
     """The CLI end to end on the tiny model. Its VAE decodes but cannot encode 64 latent channels, so the
     latent cache is filled first (the keys are the ones the CLI computes from the clips it reads)."""

@@ -134,9 +134,14 @@ def _events(row: dict, where: str, seconds: float) -> tuple[str, list[tuple[floa
 
 
 def load_examples(data: Union[str, Path], sample_rate: int, channels: int, max_clip_seconds: float,
-                  report: Optional[DataReport] = None) -> tuple[list[TrainExample], DataReport]:
-    """Read the manifest and its audio; bad lines go to the report with the reason, never silently."""
+                  report: Optional[DataReport] = None, confine: bool = False) -> tuple[list[TrainExample], DataReport]:
+    """Read the manifest and its audio; bad lines go to the report with the reason, never silently.
+
+    ``confine``: every audio path must stay inside the manifest's folder once resolved (symlinks included).
+    The ComfyUI node sets it: a manifest uploaded to the server names files, and none outside the data set
+    may be read; the CLI reads the user's own manifest wherever it points."""
     manifest = find_manifest(data)
+    folder = manifest.parent.resolve()
     report = report if report is not None else DataReport()
     examples: list[TrainExample] = []
     for where, row in _rows(manifest):
@@ -146,6 +151,8 @@ def load_examples(data: Union[str, Path], sample_rate: int, channels: int, max_c
             if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not row["audio"].strip():
                 raise InputError("each line needs an 'audio' path and a 'caption' (or 'instruction' + 'events')")
             audio = (manifest.parent / row["audio"]).resolve()
+            if confine and folder not in audio.parents:
+                raise InputError(f"{row['audio']} is outside the data set's folder; only files inside it are read")
             wave, sr = read_audio(audio)
             if wave.shape[-1] == 0:
                 raise InputError(f"{row['audio']} has no samples")
