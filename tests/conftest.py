@@ -130,3 +130,18 @@ def shared_pipeline(shared_root, tmp_path_factory):
     from audiostory_core.pipeline import AudioStoryPipeline
 
     return AudioStoryPipeline.from_pretrained(shared_root, device="cpu", dtype="fp32")
+
+
+PACK_UNDER_TEST = "audiostory_pack_under_test"
+
+
+def register_pack() -> str:
+    """Make the repository importable as one package, the way ComfyUI imports a custom node pack (the node
+    modules use relative imports into ``audiostory_core``); returns its name for ``importlib.import_module``."""
+    import types
+
+    if PACK_UNDER_TEST not in sys.modules:
+        pkg = types.ModuleType(PACK_UNDER_TEST)
+        pkg.__path__ = [str(Path(__file__).resolve().parents[1])]
+        sys.modules[PACK_UNDER_TEST] = pkg
+    return PACK_UNDER_TEST

@@ -5,13 +5,13 @@ import importlib
 import json
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-PKG = "audiostory_pack_under_test"
+from conftest import PACK_UNDER_TEST, register_pack
+
+PKG = PACK_UNDER_TEST
 
 
 NODE_MODULES = ("values", "model_roots", "input_checks", "layout", "story_memory", "save", "dtypes_memory",
@@ -21,10 +21,7 @@ NODE_MODULES = ("values", "model_roots", "input_checks", "layout", "story_memory
 @pytest.fixture(scope="module")
 def nodes():
     """The pack's ComfyUI-free node modules, imported the way ComfyUI imports the pack (a sub-package)."""
-    if PKG not in sys.modules:
-        pkg = types.ModuleType(PKG)
-        pkg.__path__ = [str(ROOT)]
-        sys.modules[PKG] = pkg
+    register_pack()
     return types.SimpleNamespace(**{m: importlib.import_module(f"{PKG}.nodes.{m}") for m in NODE_MODULES})
 
 

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import PACK_UNDER_TEST, register_pack
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-PKG = "audiostory_pack_under_test"
+PKG = PACK_UNDER_TEST
 
 
 @pytest.fixture(scope="module")
 def ts():
-    if PKG not in sys.modules:
-        pkg = types.ModuleType(PKG)
-        pkg.__path__ = [str(ROOT)]
-        sys.modules[PKG] = pkg
+    register_pack()
     return importlib.import_module(f"{PKG}.nodes.training_steps")
 
 
