@@ -60,7 +60,8 @@ def add_parsers(sub, add_model_args) -> None:
     add_decode_args(c)
 
 
-def _search_dirs(args) -> list[Path]:
+def model_search_dirs(args) -> list[Path]:
+    """Where a model named by a folder name is looked for: the model root and the folder above it."""
     root = Path(args.models).expanduser()
     return [root, root.parent]
 
@@ -129,7 +130,7 @@ def cmd_dub(args) -> int:
         if not captioned and not args.plan:
             from ..media.captioning import VisionCaptioner
 
-            cap = VisionCaptioner.from_pretrained(args.vlm, _search_dirs(args), device=resolve_device(args.device))
+            cap = VisionCaptioner.from_pretrained(args.vlm, model_search_dirs(args), device=resolve_device(args.device))
             cap.caption_scenes(scenes, args.brief, hooks=hooks)
             del cap
             gc.collect()
@@ -189,7 +190,7 @@ def cmd_continue(args) -> int:
             from ..errors import ModelFilesError
 
             try:
-                whisper = WhisperFeatures.from_pretrained(args.whisper, _search_dirs(args),
+                whisper = WhisperFeatures.from_pretrained(args.whisper, model_search_dirs(args),
                                                           device=pipe.models.planner.device)
             except ModelFilesError as e:
                 if args.understanding == "whisper" or not args.audio_description.strip():

@@ -1,4 +1,5 @@
-"""``train``: LoRA fine-tuning on a folder of captioned clips (or recordings with event lists).
+"""``train``: LoRA fine-tuning on a folder of captioned clips (or recordings with event lists, or videos);
+``caption-videos``: the VLM captions of a data set's videos written once, for review, as a manifest.
 
 Runs in one process or under ``torchrun`` (DDP; the global batch is --batch-size x processes x --grad-accum).
 Writes OUT/lora.safetensors, OUT/train_log.csv and OUT/checkpoints/; running the same command again resumes.
@@ -10,6 +11,9 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..models.folders import VLM
+
+VLM_HELP = "VLM folder or Hugging Face id (as dub --vlm) that captions the video lines without events"
 
 
 def add_parser(sub, add_model_args) -> None:
@@ -42,6 +46,16 @@ def add_parser(sub, add_model_args) -> None:
     t.add_argument("--latent-cache", help="folder where the VAE latents of the clips are kept between runs")
     t.add_argument("--restart", action="store_true", help="ignore the checkpoints in --out and start over")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--vlm", help=VLM_HELP + "; loaded only when such a line exists (without it they are skipped)")
+
+    c = sub.add_parser("caption-videos", help="write the VLM captions of a data set's videos as a manifest to "
+                                              "review and edit before `train`")
+    add_model_args(c)
+    c.add_argument("--data", required=True, help="a .jsonl manifest (lines {\"video\": ...}) or a folder holding one")
+    c.add_argument("--out", required=True, help="the .jsonl to write (every line of --data, videos captioned)")
+    c.add_argument("--vlm", default=VLM.default, help=VLM_HELP)
+    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def train_config(args) -> "TrainConfig":
@@ -80,13 +94,71 @@ def progress_hooks(enabled: bool, losses: list):
     return Hooks(progress=progress), close
 
 
+def caption_source(args):
+    """The VLM of ``--vlm`` for video lines without events, loaded on the first such line (as ``dub`` loads it)."""
+    from ..training.video_rows import CaptionSource
+
+    missing = ("pass --vlm NAME (a VLM folder under --models or a Hugging Face id, e.g. --vlm "
+               f"{VLM.default}), or write the captions first: python -m audiostory_core caption-videos "
+               f"--models {args.models} --data {args.data} --out CAPTIONS.jsonl, then train --data CAPTIONS.jsonl")
+    if not args.vlm:
+        return CaptionSource(missing=missing)
+
+    def load():
+        from ..media.captioning import VisionCaptioner
+        from ..pipeline import resolve_device
+        from .media import model_search_dirs
+
+        return VisionCaptioner.from_pretrained(args.vlm, model_search_dirs(args), device=resolve_device(args.device))
+
+    return CaptionSource(load=load, missing=missing)
+
+
+def data_geometry(args) -> tuple[int, int, float]:
+    """(VAE rate, VAE channels, longest clip in seconds) of ``--models`` from its configs, loading nothing:
+    the data (and the VLM that captions it) is read before the models load."""
+    from ..models.loading import vae_rate_channels
+    from .common import clip_window, model_paths
+
+    return (*vae_rate_channels(model_paths(args)), clip_window(args))
+
+
+def cmd_caption_videos(args) -> int:
+    from ..training.captions_file import caption_manifest, write_captions
+    from ..training.datasets import find_manifest
+    from ..validation import check_output_file
+    from .common import check_args, tqdm_hooks
+
+    check_args(args)
+    manifest = find_manifest(args.data)
+    out = check_output_file(args.out, formats=["jsonl"], inputs=[manifest], what="--out")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"--out {out} exists (captions you may have edited); pass --overwrite to replace it, "
+                         "or give another name.")
+    _, _, max_clip = data_geometry(args)
+    hooks, close = tqdm_hooks(not args.quiet)
+    source = caption_source(args)
+    try:
+        lines, report = caption_manifest(manifest, source, max_clip, out.parent, hooks=hooks)
+    finally:
+        close()
+        source.release()
+    print(report.text("lines"), file=sys.stderr)
+    if not lines:
+        raise InputError(f"No usable line in {manifest} (see the report above); nothing written.")
+    write_captions(out, lines)
+    print(f"wrote {out} ({len(lines)} lines); review the captions, then: python -m audiostory_core train "
+          f"--models {args.models} --data {out} --out RUN", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args) -> int:
-    from ..models.config import locate
     from ..models.loading import load_models
     from ..models.config import HOP
     from ..pipeline import resolve_device
     from ..training.datasets import cached_latents, load_examples
     from ..training.trainer import TrainData, Trainer, conditioning, e2e_data, require_peft
+    from .common import model_paths
 
     cfg = train_config(args)
     require_peft()
@@ -96,17 +168,22 @@ def cmd_train(args) -> int:
     dev = resolve_device(args.device)
     if args.dtype not in ("auto", "fp32"):
         raise InputError("Training keeps fp32 weights; use --bf16 for bf16 autocast instead of --dtype.")
-    paths = locate(args.models, audiostory_dir=args.audiostory_dir, flux_dir=args.flux_dir,
-                   qwen_dir=args.qwen_dir, t5_dir=args.t5_dir, tokenizer_dir=args.tokenizer_dir)
-    import torch
-
-    models = load_models(paths, torch.float32, dev)
-    fc, vae = models.flux_config, models.vae
-    sr, channels = int(vae.config.sampling_rate), int(vae.config.audio_channels)
-    examples, report = load_examples(args.data, sr, channels, fc.audio_seq_len * HOP / sr)
+    sr, channels, max_clip = data_geometry(args)
+    source = caption_source(args)
+    try:            # the data first: bad data fails fast, and the VLM is freed before the models load
+        examples, report = load_examples(args.data, sr, channels, max_clip, captions=source)
+    finally:
+        source.release()
     print(report.text(), file=sys.stderr)
     if not examples:
         raise InputError(f"No usable clip in {args.data} (see the report above).")
+    import torch
+
+    models = load_models(model_paths(args), torch.float32, dev)
+    fc, vae = models.flux_config, models.vae
+    if (int(vae.config.sampling_rate), int(vae.config.audio_channels)) != (sr, channels):
+        raise InputError(f"The VAE loaded at {vae.config.sampling_rate} Hz, {vae.config.audio_channels} channels; "
+                         f"its config said {sr} Hz, {channels}: check the VAE files of --models.")
     latents = cached_latents(vae, examples, fc.audio_seq_len, HOP, cfg.seed,
                              Path(args.latent_cache) if args.latent_cache else None)
     planner = None
@@ -132,4 +209,4 @@ def cmd_train(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train}
+COMMANDS = {"train": cmd_train, "caption-videos": cmd_caption_videos}

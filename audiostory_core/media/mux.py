@@ -32,33 +32,6 @@ def _encoder_rate(codec, wanted: int) -> int:
     return wanted if wanted in rates else min(rates, key=lambda r: (r < wanted, abs(r - wanted)))
 
 
-def _decode_existing(container, stream, t0: float, rate: int, samples: int) -> np.ndarray:
-    """The first audio stream, stereo at ``rate``, aligned so index 0 is the first video frame."""
-    import av
-
-    out = np.zeros((2, samples), dtype=np.float32)
-    rs = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
-    pos = None
-    for fr in container.decode(stream):
-        if pos is None:
-            start = (fr.pts * float(fr.time_base)) if fr.pts is not None else 0.0
-            pos = int(round((start - t0) * rate))
-        for r in rs.resample(fr):
-            a = r.to_ndarray()
-            a0, a1 = max(pos, 0), min(pos + a.shape[1], samples)
-            if a1 > a0:
-                out[:, a0:a1] = a[:, a0 - pos:a1 - pos]
-            pos += a.shape[1]
-    for r in rs.resample(None):
-        a = r.to_ndarray()
-        if pos is not None:
-            a0, a1 = max(pos, 0), min(pos + a.shape[1], samples)
-            if a1 > a0:
-                out[:, a0:a1] = a[:, a0 - pos:a1 - pos]
-            pos += a.shape[1]
-    return out
-
-
 def mux_audio_onto_video(video_path: PathLike, audio: torch.Tensor, sample_rate: int, out_path: PathLike,
                          policy: str = "pad", audio_codec: Optional[str] = None, existing_audio: str = "replace",
                          mix_gain_db: float = -12.0) -> Path:
@@ -70,7 +43,7 @@ def mux_audio_onto_video(video_path: PathLike, audio: torch.Tensor, sample_rate:
     """
     import av
 
-    from .video import probe_video
+    from .video import decode_audio_track, probe_video
 
     if policy not in POLICIES:
         raise InputError(f"policy must be one of {POLICIES}, got {policy!r}.")
@@ -113,7 +86,7 @@ def mux_audio_onto_video(video_path: PathLike, audio: torch.Tensor, sample_rate:
             raise InputError(f"WebM holds only VP8/VP9/AV1 video, this video is {vs.codec_context.name}; "
                              "write .mkv or .mp4 instead (the video is copied, not re-encoded).")
         if existing_audio == "mix" and src.streams.audio:
-            old = _decode_existing(src, src.streams.audio[0], t0, rate, data.shape[1])
+            old = decode_audio_track(src, src.streams.audio[0], t0, rate, data.shape[1])
             data = data + old * (10.0 ** (mix_gain_db / 20.0))
             peak = float(np.abs(data).max())
             if peak > 1.0:

@@ -179,6 +179,59 @@ def check_frame_rate(info: VideoInfo, allow_vfr: bool = False) -> None:
             "throughout, so the soundtrack still follows the frames.")
 
 
+# ---------------------------------------------------------------- the audio track
+def decode_audio_track(container, stream, t0: float, rate: int, samples: int) -> np.ndarray:
+    """``stream`` as stereo float32 [2, samples] at ``rate``, aligned so index 0 is the first video frame
+    (``t0``): the clock the scenes and the muxer use. Audio before the first frame is dropped, a gap is silence."""
+    import av
+
+    out = np.zeros((2, samples), dtype=np.float32)
+    rs = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
+    pos = None
+
+    def place(frames) -> None:
+        nonlocal pos
+        for r in frames:
+            a = r.to_ndarray()
+            a0, a1 = max(pos, 0), min(pos + a.shape[1], samples)
+            if a1 > a0:
+                out[:, a0:a1] = a[:, a0 - pos:a1 - pos]
+            pos += a.shape[1]
+
+    for fr in container.decode(stream):
+        if pos is None:
+            start = (fr.pts * float(fr.time_base)) if fr.pts is not None else 0.0
+            pos = int(round((start - t0) * rate))
+        place(rs.resample(fr))
+    if pos is not None:
+        place(rs.resample(None))
+    return out
+
+
+def require_audio_track(info: VideoInfo) -> VideoInfo:
+    if not info.has_audio:
+        raise InputError(f"{info.path} has no audio track: there is no sound to learn from; give a video with sound.")
+    return info
+
+
+def read_audio_track(path: PathLike) -> tuple[np.ndarray, int, VideoInfo]:
+    """The first audio track of a video at its own rate, on the video's clock and as long as the video:
+    ([2, S] float32, rate, info). Errors name the file: no audio track, a corrupt stream."""
+    import av
+
+    info = require_audio_track(probe_video(path))
+    with _open(path) as c:
+        st = c.streams.audio[0]
+        rate = int(st.codec_context.sample_rate or st.rate or 0)
+        if rate <= 0:
+            raise InputError(f"{path}: its audio track declares no sample rate.")
+        try:
+            wave = decode_audio_track(c, st, info.start, rate, int(round(info.duration * rate)))
+        except av.error.FFmpegError as e:
+            raise InputError(f"{path}: the audio track is corrupt ({e}).") from e
+    return wave, rate, info
+
+
 # ---------------------------------------------------------------- scene detection
 def _thumb(frame, size: tuple[int, int]) -> np.ndarray:
     return frame.to_ndarray(width=size[0], height=size[1], format="gray").astype(np.float32)

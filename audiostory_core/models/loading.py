@@ -206,6 +206,17 @@ def vae_config(paths: ModelPaths) -> dict:
     return {}
 
 
+def vae_rate_channels(paths: ModelPaths) -> tuple[int, int]:
+    """(sample rate, channels) the VAE will load with, without loading it: its config over the class defaults."""
+    import inspect
+
+    from diffusers import AutoencoderOobleck
+
+    cfg = {k: p.default for k, p in inspect.signature(AutoencoderOobleck.__init__).parameters.items()}
+    cfg.update(vae_config(paths))
+    return int(cfg["sampling_rate"]), int(cfg["audio_channels"])
+
+
 def load_vae(paths: ModelPaths, dtype: torch.dtype, device="cpu"):
     from diffusers import AutoencoderOobleck
     from safetensors.torch import load_file

@@ -1,12 +1,14 @@
 """Training data in the shapes people have, checked file by file.
 
 * clips with captions: a JSONL (``{"audio": ..., "caption": ...}`` per line) or a CSV with ``audio,caption``;
-* long recordings with an event list: JSONL lines ``{"audio", "instruction", "events": [{start, end, caption}]}``.
+* long recordings with an event list: JSONL lines ``{"audio", "instruction", "events": [{start, end, caption}]}``;
+* videos: ``{"video": ...}`` (the audio track, captioned scene by scene by the dubbing VLM) or
+  ``{"video", "instruction", "events"}`` (the user's events on the video's audio track); see :mod:`.video_rows`.
 
 Audio paths are relative to the manifest. Each clip becomes one event of a plan (a clip alone is a one-event plan
 whose instruction is built from its caption, as ``generate --instruction CAPTION --duration D`` would). A line
-that cannot be used (unreadable audio, an event outside the audio, a caption over the limits, a clip longer
-than the DiT window) is skipped and reported with its line number and the reason; the others are kept.
+that cannot be used (unreadable audio or video, no audio track, an event outside the audio, a caption over the
+limits, a clip longer than the DiT window, a video to caption and no VLM) is skipped and reported with its line number and the reason; the others are kept.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ from typing import Optional, Union
 import torch
 
 from ..atomic import write_bytes_atomic
-from ..errors import AudioStoryError, InputError
+from ..errors import AudioStoryError, GenerationInterrupted, InputError, ModelFilesError
+from ..progress import Hooks
 from ..stages.audio import read_audio, resample
 from ..stages.grammar import build_instruction
 from ..stages.plan import StoryEvent, StoryPlan
 from ..validation import MAX_EVENTS, MIN_EVENT_SECONDS, check_event, check_instruction
+from .video_rows import CaptionSource, caption_video, video_audio
 
 LATENT_CHANNELS = 64          # the DiT's in_channels, the Oobleck latent width
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
@@ -53,8 +57,8 @@ class DataReport:
     used: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (where, why)
 
-    def text(self) -> str:
-        lines = [f"{len(self.used)} clips used, {len(self.skipped)} skipped"]
+    def text(self, unit: str = "clips") -> str:
+        lines = [f"{len(self.used)} {unit} used, {len(self.skipped)} skipped"]
         lines += [f"  skipped {w}: {why}" for w, why in self.skipped]
         return "\n".join(lines)
 
@@ -74,7 +78,7 @@ def find_manifest(data: Union[str, Path]) -> Path:
     raise InputError(f"Training data {p} does not exist.")
 
 
-def _rows(manifest: Path) -> list[tuple[str, object]]:
+def manifest_rows(manifest: Path) -> list[tuple[str, object]]:
     """(where, row) per non-empty line: a dict, or the error text of a line that is not valid."""
     size = manifest.stat().st_size
     if size > MAX_MANIFEST_BYTES:
@@ -133,33 +137,55 @@ def _events(row: dict, where: str, seconds: float) -> tuple[str, list[tuple[floa
     return build_instruction(cap.strip(), round(seconds, 2)), [(0.0, seconds, cap.strip())]
 
 
+def row_media(row: dict, manifest: Path, confine: bool) -> tuple[str, str, Path]:
+    """(kind, name as written, resolved path) of a row's ``audio`` or ``video`` file.
+
+    ``confine``: the file must stay inside the manifest's folder once resolved (symlinks included)."""
+    kind = "video" if "video" in row else "audio"
+    name = row.get(kind)
+    if not isinstance(name, str) or not name.strip() or ("video" in row and "audio" in row):
+        raise InputError("each line needs one 'audio' (or 'video') path and a 'caption' (or 'instruction' + "
+                         "'events'; a video without events is captioned by the VLM)")
+    path = (manifest.parent / name).resolve()
+    if confine and manifest.parent.resolve() not in path.parents:
+        raise InputError(f"{name} is outside the data set's folder; only files inside it are read")
+    return kind, name, path
+
+
 def load_examples(data: Union[str, Path], sample_rate: int, channels: int, max_clip_seconds: float,
-                  report: Optional[DataReport] = None, confine: bool = False) -> tuple[list[TrainExample], DataReport]:
+                  report: Optional[DataReport] = None, confine: bool = False,
+                  captions: Optional[CaptionSource] = None,
+                  hooks: Optional[Hooks] = None) -> tuple[list[TrainExample], DataReport]:
     """Read the manifest and its audio; bad lines go to the report with the reason, never silently.
 
-    ``confine``: every audio path must stay inside the manifest's folder once resolved (symlinks included).
-    The ComfyUI node sets it: a manifest uploaded to the server names files, and none outside the data set
-    may be read; the CLI reads the user's own manifest wherever it points."""
+    ``confine``: every audio/video path must stay inside the manifest's folder once resolved (symlinks
+    included). The ComfyUI node sets it: a manifest uploaded to the server names files, and none outside the
+    data set may be read; the CLI reads the user's own manifest wherever it points.
+    ``captions``: the VLM for video lines without events (loaded on the first one; see :mod:`.video_rows`)."""
     manifest = find_manifest(data)
-    folder = manifest.parent.resolve()
     report = report if report is not None else DataReport()
+    captions = captions if captions is not None else CaptionSource()
     examples: list[TrainExample] = []
-    for where, row in _rows(manifest):
+    for where, row in manifest_rows(manifest):
         try:
             if isinstance(row, str):
                 raise InputError(row)
-            if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not row["audio"].strip():
-                raise InputError("each line needs an 'audio' path and a 'caption' (or 'instruction' + 'events')")
-            audio = (manifest.parent / row["audio"]).resolve()
-            if confine and folder not in audio.parents:
-                raise InputError(f"{row['audio']} is outside the data set's folder; only files inside it are read")
-            wave, sr = read_audio(audio)
+            if not isinstance(row, dict):
+                raise InputError("each line must be a JSON object")
+            kind, name, path = row_media(row, manifest, confine)
+            if kind == "video":
+                wave, sr, seconds = video_audio(path)
+                instr, events = (_events(row, where, seconds) if "events" in row
+                                 else caption_video(path, captions.get(), max_clip_seconds, hooks))
+            else:
+                wave, sr = read_audio(path)
+                seconds = wave.shape[-1] / sr
             if wave.shape[-1] == 0:
-                raise InputError(f"{row['audio']} has no samples")
+                raise InputError(f"{name} has no samples")
             if not torch.isfinite(wave).all():
-                raise InputError(f"{row['audio']} holds samples that are not finite")
-            seconds = wave.shape[-1] / sr
-            instr, events = _events(row, where, seconds)
+                raise InputError(f"{name} holds samples that are not finite")
+            if kind == "audio":
+                instr, events = _events(row, where, seconds)
             wave = _channels(resample(wave, sr, sample_rate), channels)
             plan = StoryPlan(instruction=instr, reasoning="",
                              events=[StoryEvent(caption=c, duration=round(t - s, 3)) for s, t, c in events],
@@ -172,8 +198,9 @@ def load_examples(data: Union[str, Path], sample_rate: int, channels: int, max_c
                 if t - s < MIN_EVENT_SECONDS:
                     raise InputError(f"event {k + 1} lasts {t - s:.3f} s (at least {MIN_EVENT_SECONDS} s)")
                 clip = wave[:, int(round(s * sample_rate)): int(round(t * sample_rate))]
-                new.append(TrainExample(plan=plan, event=k, wave=clip,
-                                        source=f"{where} ({row['audio']} {s:g}-{t:g} s)"))
+                new.append(TrainExample(plan=plan, event=k, wave=clip, source=f"{where} ({name} {s:g}-{t:g} s)"))
+        except (ModelFilesError, GenerationInterrupted):
+            raise                   # the VLM named cannot load, or Cancel: the whole run stops
         except AudioStoryError as e:
             report.skipped.append((where, str(e).rstrip(".")))
             continue
