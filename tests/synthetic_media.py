@@ -21,8 +21,12 @@ def shot_frame(shot: int, i: int, w: int, h: int) -> np.ndarray:
 
 def write_video(path: Path, cuts: Sequence[float], duration: float, *, fps: int = 24, size=(96, 64),
                 codec: str = "libx264", audio: bool = True, audio_codec: Optional[str] = None,
-                audio_rate: int = 48000, frame_times: Optional[Sequence[float]] = None) -> Path:
-    """A video whose shot changes exactly at ``cuts`` (seconds). ``frame_times`` makes it VFR."""
+                audio_rate: int = 48000, frame_times: Optional[Sequence[float]] = None,
+                shot_tones: Optional[Sequence[float]] = None) -> Path:
+    """A video whose shot changes exactly at ``cuts`` (seconds). ``frame_times`` makes it VFR.
+
+    The audio is a 440 Hz tone, or with ``shot_tones`` a tone per shot (shot k, from cut k-1 to cut k, at
+    ``shot_tones[k]`` Hz), changing at the same instants as the picture."""
     import av
 
     path = Path(path)
@@ -53,7 +57,10 @@ def write_video(path: Path, cuts: Sequence[float], duration: float, *, fps: int 
         if ast is not None:
             n = int(duration * audio_rate)
             t = np.arange(n) / audio_rate
-            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            freq = np.full(n, 440.0)
+            if shot_tones is not None:
+                freq = np.array(shot_tones, dtype=np.float64)[np.searchsorted(np.asarray(cuts), t, side="right")]
+            tone = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
             data = np.stack([tone, tone])
             fs = ast.codec_context.frame_size or 1024
             for k in range(0, n, fs):
