@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..atomic import write_text_atomic
-from ..errors import AudioStoryError, GenerationInterrupted, InputError, ModelFilesError
 from ..media.video import probe_video, require_audio_track
 from ..progress import Hooks
-from .datasets import DataReport, find_manifest, manifest_rows, row_media
+from .datasets import DataReport, find_manifest, read_lines
 from .video_rows import CaptionSource, caption_video
 
 
@@ -27,28 +26,17 @@ def caption_manifest(data: Union[str, Path], captions: CaptionSource, max_clip_s
     per scene, the dubbing instruction); the report lists the lines kept and the ones left out."""
     manifest = find_manifest(data)
     report = DataReport()
-    lines: list[dict] = []
-    for where, row in manifest_rows(manifest):
-        try:
-            if isinstance(row, str):
-                raise InputError(row)
-            if not isinstance(row, dict):
-                raise InputError("each line must be a JSON object")
-            kind, name, path = row_media(row, manifest, confine)
-            row = dict(row, **{kind: os.path.relpath(path, out_folder.resolve())})
-            if kind == "video" and "events" not in row:
-                require_audio_track(probe_video(path))       # a silent video cannot train: say so now
-                instruction, events = caption_video(path, captions.get(), max_clip_seconds, hooks)
-                row = {"video": row["video"], "instruction": instruction,
-                       "events": [{"start": round(s, 6), "end": round(t, 6), "caption": c} for s, t, c in events]}
-        except (ModelFilesError, GenerationInterrupted):
-            raise
-        except AudioStoryError as e:
-            report.skipped.append((where, str(e).rstrip(".")))
-            continue
-        lines.append(row)
-        report.used.append(f"{where} ({name})")
-    return lines, report
+
+    def captioned(where: str, row: dict, kind: str, name: str, path: Path) -> list[tuple[dict, str]]:
+        row = dict(row, **{kind: os.path.relpath(path, out_folder.resolve())})
+        if kind == "video" and "events" not in row:
+            require_audio_track(probe_video(path))       # a silent video cannot train: say so now
+            instruction, events = caption_video(path, captions.get(), max_clip_seconds, hooks)
+            row = {"video": row["video"], "instruction": instruction,
+                   "events": [{"start": round(s, 6), "end": round(t, 6), "caption": c} for s, t, c in events]}
+        return [(row, f"{where} ({name})")]
+
+    return read_lines(manifest, report, confine, captioned), report
 
 
 def write_captions(out: Union[str, Path], lines: list[dict]) -> Path:

@@ -18,7 +18,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -152,6 +152,29 @@ def row_media(row: dict, manifest: Path, confine: bool) -> tuple[str, str, Path]
     return kind, name, path
 
 
+def read_lines(manifest: Path, report: DataReport, confine: bool,
+               work: Callable[[str, dict, str, str, Path], list[tuple[Any, str]]]) -> list:
+    """``work(where, row, kind, name, path)`` on every line: the (item, label) pairs it returns are kept (labels
+    go to ``report.used``); a line it cannot use goes to ``report.skipped`` with the reason, never silently.
+    A VLM that cannot load (:class:`ModelFilesError`) or a Cancel stops the whole read instead."""
+    out: list = []
+    for where, row in manifest_rows(manifest):
+        try:
+            if isinstance(row, str):
+                raise InputError(row)
+            if not isinstance(row, dict):
+                raise InputError("each line must be a JSON object")
+            items = work(where, row, *row_media(row, manifest, confine))
+        except (ModelFilesError, GenerationInterrupted):
+            raise
+        except AudioStoryError as e:
+            report.skipped.append((where, str(e).rstrip(".")))
+            continue
+        out += [item for item, _ in items]
+        report.used += [label for _, label in items]
+    return out
+
+
 def load_examples(data: Union[str, Path], sample_rate: int, channels: int, max_clip_seconds: float,
                   report: Optional[DataReport] = None, confine: bool = False,
                   captions: Optional[CaptionSource] = None,
@@ -165,48 +188,38 @@ def load_examples(data: Union[str, Path], sample_rate: int, channels: int, max_c
     manifest = find_manifest(data)
     report = report if report is not None else DataReport()
     captions = captions if captions is not None else CaptionSource()
-    examples: list[TrainExample] = []
-    for where, row in manifest_rows(manifest):
-        try:
-            if isinstance(row, str):
-                raise InputError(row)
-            if not isinstance(row, dict):
-                raise InputError("each line must be a JSON object")
-            kind, name, path = row_media(row, manifest, confine)
-            if kind == "video":
-                wave, sr, seconds = video_audio(path)
-                instr, events = (_events(row, where, seconds) if "events" in row
-                                 else caption_video(path, captions.get(), max_clip_seconds, hooks))
-            else:
-                wave, sr = read_audio(path)
-                seconds = wave.shape[-1] / sr
-            if wave.shape[-1] == 0:
-                raise InputError(f"{name} has no samples")
-            if not torch.isfinite(wave).all():
-                raise InputError(f"{name} holds samples that are not finite")
-            if kind == "audio":
-                instr, events = _events(row, where, seconds)
-            wave = _channels(resample(wave, sr, sample_rate), channels)
-            plan = StoryPlan(instruction=instr, reasoning="",
-                             events=[StoryEvent(caption=c, duration=round(t - s, 3)) for s, t, c in events],
-                             total_duration=round(sum(t - s for s, t, _ in events), 3))
-            new = []
-            for k, (s, t, c) in enumerate(events):
-                if t - s > max_clip_seconds:
-                    raise InputError(f"event {k + 1} lasts {t - s:.2f} s; one clip holds at most "
-                                     f"{max_clip_seconds:.2f} s (cut it in two events)")
-                if t - s < MIN_EVENT_SECONDS:
-                    raise InputError(f"event {k + 1} lasts {t - s:.3f} s (at least {MIN_EVENT_SECONDS} s)")
-                clip = wave[:, int(round(s * sample_rate)): int(round(t * sample_rate))]
-                new.append(TrainExample(plan=plan, event=k, wave=clip, source=f"{where} ({name} {s:g}-{t:g} s)"))
-        except (ModelFilesError, GenerationInterrupted):
-            raise                   # the VLM named cannot load, or Cancel: the whole run stops
-        except AudioStoryError as e:
-            report.skipped.append((where, str(e).rstrip(".")))
-            continue
-        examples += new
-        report.used += [ex.source for ex in new]
-    return examples, report
+
+    def examples_of(where: str, row: dict, kind: str, name: str, path: Path) -> list[tuple[TrainExample, str]]:
+        if kind == "video":
+            wave, sr, seconds = video_audio(path)
+        else:
+            wave, sr = read_audio(path)
+            seconds = wave.shape[-1] / sr
+        if wave.shape[-1] == 0:
+            raise InputError(f"{name} has no samples")
+        if not torch.isfinite(wave).all():
+            raise InputError(f"{name} holds samples that are not finite")
+        if kind == "video" and "events" not in row:
+            instr, events = caption_video(path, captions.get(), max_clip_seconds, hooks)
+        else:
+            instr, events = _events(row, where, seconds)
+        wave = _channels(resample(wave, sr, sample_rate), channels)
+        plan = StoryPlan(instruction=instr, reasoning="",
+                         events=[StoryEvent(caption=c, duration=round(t - s, 3)) for s, t, c in events],
+                         total_duration=round(sum(t - s for s, t, _ in events), 3))
+        new = []
+        for k, (s, t, c) in enumerate(events):
+            if t - s > max_clip_seconds:
+                raise InputError(f"event {k + 1} lasts {t - s:.2f} s; one clip holds at most "
+                                 f"{max_clip_seconds:.2f} s (cut it in two events)")
+            if t - s < MIN_EVENT_SECONDS:
+                raise InputError(f"event {k + 1} lasts {t - s:.3f} s (at least {MIN_EVENT_SECONDS} s)")
+            clip = wave[:, int(round(s * sample_rate)): int(round(t * sample_rate))]
+            ex = TrainExample(plan=plan, event=k, wave=clip, source=f"{where} ({name} {s:g}-{t:g} s)")
+            new.append((ex, ex.source))
+        return new
+
+    return read_lines(manifest, report, confine, examples_of), report
 
 
 def _channels(wave: torch.Tensor, channels: int) -> torch.Tensor:
