@@ -20,20 +20,26 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..audiostory_core.errors import InputError
+from ..audiostory_core.media.captioning import VisionCaptioner
+from ..audiostory_core.models.folders import VLM
 from ..audiostory_core.models.config import HOP
 from ..audiostory_core.training.datasets import cached_latents, find_manifest, load_examples
+from ..audiostory_core.training.video_rows import CaptionSource
 from ..audiostory_core.training.trainer import TrainData, Trainer, conditioning, lora_state, require_peft
 from . import comfy_models as cm
+from . import model_choices
 from .common import CATEGORY, LORA_FOLDER, Planner, make_hooks
 from .training_steps import (DEFAULT_SCHEDULE, LIMITS, NO_DATASET, SCHEDULE_CHOICES, TrainedLora, TrainingData,
                              check_prefix, dataset_choices, loss_graph, next_lora_path, report_text,
                              resolve_dataset, train_config)
+from .video import load_captioner
 
 log = logging.getLogger("AudioStory")
 TRAIN_CATEGORY = f"{CATEGORY}/training"
 TrainingDataType = io.Custom("AUDIOSTORY_TRAINING_DATA")
 LoraType = io.Custom("AUDIOSTORY_LORA")
 LossMap = io.Custom("LOSS_MAP")      # core's type: {"loss": [float per step]}
+NO_VLM = "none"
 
 
 def _datasets() -> list[str]:
@@ -61,8 +67,9 @@ class AudioStoryTrainingData(io.ComfyNode):
             display_name="AudioStory Training Data",
             category=TRAIN_CATEGORY,
             description="Reads a folder of captioned clips from ComfyUI's input folder (a captions.jsonl or .csv "
-                        "manifest: audio, caption per line) at the model's sample rate. Bad lines are skipped and "
-                        "listed on the node with the reason.",
+                        "manifest: audio, caption per line; or video lines, captioned by the vlm or with their own "
+                        "events) at the model's sample rate. Bad lines are skipped and listed on the node with the "
+                        "reason.",
             inputs=[
                 io.Combo.Input("dataset", options=choices, default=choices[0],
                                tooltip="A folder under ComfyUI/input/ holding one .jsonl/.csv manifest (or one "
@@ -71,11 +78,16 @@ class AudioStoryTrainingData(io.ComfyNode):
                                                  "(longer clips are skipped) and the sample rate."),
                 io.Vae.Input("vae", tooltip="From the AudioStory Model Loader: clips are resampled to its rate "
                                             "and channels."),
+                io.Combo.Input("vlm", options=[NO_VLM] + model_choices.choices(VLM), default=NO_VLM, optional=True,
+                               tooltip="For manifest lines {\"video\": ...} without events: the vision-language "
+                                       "model that captions them scene by scene, as dubbing does (a folder in "
+                                       f"{model_choices.where(VLM)}). none: such lines are skipped and listed."),
             ],
             outputs=[
                 TrainingDataType.Output(display_name="data", tooltip="The usable clips, for AudioStory Train LoRA."),
                 io.String.Output(display_name="report", tooltip="Clips used and each skipped line with its reason."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -97,18 +109,29 @@ class AudioStoryTrainingData(io.ComfyNode):
             return float("nan")
 
     @classmethod
-    def execute(cls, dataset, planner, vae) -> io.NodeOutput:
+    def execute(cls, dataset, planner, vae, vlm=NO_VLM) -> io.NodeOutput:
         path = resolve_dataset(folder_paths.get_input_directory(), dataset)
         if not isinstance(vae, cm.AudioStoryVAE):
             raise InputError("vae must be the AudioStory VAE from the AudioStory Model Loader.")
         sr, channels = int(vae.diffusers_vae.config.sampling_rate), int(vae.diffusers_vae.config.audio_channels)
         with torch.inference_mode(False):
-            examples, report = load_examples(path, sr, channels, planner.max_clip_seconds, confine=True)
+            examples, report = load_examples(path, sr, channels, planner.max_clip_seconds, confine=True,
+                                             captions=_caption_source(vlm), hooks=make_hooks(cls.hidden.unique_id))
         text = report_text(dataset, report)
         if not examples:
             raise InputError(f"No usable clip in {dataset}.\n{text}")
         return io.NodeOutput(TrainingData(name=dataset, examples=examples, report=report, sample_rate=sr), text,
                              ui=ui.PreviewText(text))
+
+
+def _caption_source(vlm: str) -> CaptionSource:
+    """The VLM picked on the node, loaded (as the Video Captioner loads it) only for a video line without events."""
+    missing = (f"pick a vlm on the AudioStory Training Data node (a folder in {model_choices.where(VLM)}), or "
+               "caption the videos first with `python -m audiostory_core caption-videos` into a .jsonl in the data "
+               "set's folder and pick that file")
+    if not vlm or vlm == NO_VLM:
+        return CaptionSource(missing=missing)
+    return CaptionSource(load=lambda: load_captioner(vlm, VisionCaptioner.max_new_tokens), missing=missing)
 
 
 class AudioStoryTrainLora(io.ComfyNode):

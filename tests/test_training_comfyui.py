@@ -222,3 +222,35 @@ def test_a_prefix_with_a_folder_is_refused_before_running(trainable):
         code, r = comfy.post("/prompt", {"prompt": _train_prompt(hostile, "ok"), "client_id": "t"})
         assert code == 400 and "not found" in json.dumps(r), (hostile[:50], r)
     assert comfy.get("/queue")["queue_running"] == []        # nothing ran
+
+
+def test_data_node_reads_video_lines_captioned_by_the_picked_vlm(trainable, shared_root):
+    """A video line without events is skipped (named, saying what to pick) while ``vlm`` is none, and captioned
+    scene by scene once a VLM folder is picked; a video line with its own events is used either way."""
+    from synthetic_media import write_video
+    from tiny_media_models import build_tiny_vlm
+
+    comfy = trainable
+    folder = comfy.root / "input" / "video_sounds"
+    folder.mkdir()
+    write_video(folder / "tones.mp4", cuts=[1.5, 3.0], duration=4.5, shot_tones=[300.0, 520.0, 780.0])
+    (folder / "videos.jsonl").write_text(
+        json.dumps({"video": "tones.mp4"}) + "\n"
+        + json.dumps({"video": "tones.mp4", "instruction": "Two tones.",
+                      "events": [{"start": 0.2, "end": 1.3, "caption": "a low hum"},
+                                 {"start": 1.7, "end": 2.8, "caption": "a beep"}]}) + "\n")
+    build_tiny_vlm(comfy.root / "models" / "audiostory" / "tiny-vlm", shared_root / "Qwen2.5-tiny-Instruct")
+    texts = {}
+    for vlm in ("none", "tiny-vlm"):
+        prompt = {LOADER: {"class_type": "AudioStoryModelLoader",
+                           "inputs": {"root": TRAINABLE, "dtype": "auto", "lora": "none", "lora_strength": 1.0}},
+                  DATA: {"class_type": "AudioStoryTrainingData",
+                         "inputs": {"dataset": "video_sounds", "planner": [LOADER, 0], "vae": [LOADER, 2],
+                                    "vlm": vlm}},
+                  PREVIEW: {"class_type": "PreviewAny", "inputs": {"source": [DATA, 1]}}}
+        entry = comfy.run(prompt)
+        assert entry["status"]["status_str"] == "success", _error_of(entry)
+        texts[vlm] = _ui_text(entry, DATA)
+    assert texts["none"].splitlines()[0] == "video_sounds: 2 clips used, 1 skipped", texts["none"]
+    assert "videos.jsonl:1" in texts["none"] and "pick a vlm on the AudioStory Training Data node" in texts["none"]
+    assert texts["tiny-vlm"].splitlines()[0] == "video_sounds: 5 clips used, 0 skipped", texts["tiny-vlm"]
