@@ -534,7 +534,9 @@ PRESENTATION["audiostory_timeline"] = {
              "breaks. Paste a Planner's plan_json into the timeline to start from a generated plan.\n\n"
              "**Re-roll:** click (shift-click) blocks to select events, then queue: the second sampler re-renders "
              "only those (seed 7), every other event keeps its latent; with nothing selected the first render "
-             "passes through. The save writes the story (FLAC) and, in `<name>_stems/`, one WAV per event, "
+             "passes through. After a run each block shows its clip's waveform (and CLAP score with a Score "
+             "node), saved with the workflow until the plan changes; a click on a block also plays the story "
+             "from the block's start in the save node's player (shift-click only selects). The save writes the story (FLAC) and, in `<name>_stems/`, one WAV per event, "
              "stems.json (offsets), labels.txt (Audacity) and cues.vtt (WebVTT).\n\n" + MODELS_NOTE),
     "titles": {"1": "Load AudioStory models", "2": "Timeline · shape the story", "3": "Event tokens",
                "4": "Sampler · first render", "5": "Sampler · re-roll the selected events", "6": "Decode",
