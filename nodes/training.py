@@ -5,7 +5,7 @@ They follow ComfyUI core's training nodes (``comfy_extras/nodes_train.py``): V3 
 step, Cancel checked every step, a loss-graph IMAGE, a separate save node and core's ``LOSS_MAP`` value
 (so core's "Plot Loss Graph" takes it too). The loop is the CLI's (``audiostory_core.training.trainer``):
 the same config, order, noise and loss, so a node run equals ``python -m audiostory_core train`` with the
-same settings. Nothing is written until the Save node runs, so a cancelled run leaves no file (but the
+same settings. No LoRA file is written until the Save node runs, so a cancelled run leaves none (only the
 latent cache: each clip's VAE latents, under ComfyUI's temp folder, which ComfyUI empties at every start).
 """
 from __future__ import annotations
@@ -127,8 +127,8 @@ class AudioStoryTrainLora(io.ComfyNode):
             display_name="AudioStory Train LoRA",
             category=TRAIN_CATEGORY,
             description="Trains a LoRA on the DiT with your clips (the CLI's `train --mode dit`: frozen planner "
-                        "conditioning, rectified-flow loss). Cancel stops it between steps; nothing is written "
-                        "until AudioStory Save LoRA runs. Each clip is encoded once: its latents are cached in "
+                        "conditioning, rectified-flow loss). Cancel stops it between steps; no LoRA file is "
+                        "written until AudioStory Save LoRA runs. Each clip is encoded once: its latents are cached in "
                         "ComfyUI's temp folder (emptied when ComfyUI starts), so a rerun with other settings "
                         "starts training at once. Needs the peft library (pip install peft).",
             inputs=[

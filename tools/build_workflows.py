@@ -556,7 +556,8 @@ PRESENTATION["audiostory_train_lora"] = {
              "are listed on the node with the reason. The example `audiostory_train_example/` (three generated "
              "CC0 clips) is copied there by the pack.\n\n**Train LoRA** trains a LoRA on the DiT as "
              "`python -m audiostory_core train --mode dit` does (same defaults; Cancel stops it between steps "
-             "and writes nothing). **Save LoRA** writes `models/loras/audiostory/<prefix>_00001.safetensors`: "
+             "and writes no LoRA; each clip's latents are cached in ComfyUI's temp folder, so a rerun with other "
+             "settings encodes no clip). **Save LoRA** writes `models/loras/audiostory/<prefix>_00001.safetensors`: "
              "pick it in **Load AudioStory models > lora** of any other workflow (strength 0 = the base model)."
              "\n\nNeeds the `peft` library (`pip install peft`).\n\n" + MODELS_NOTE),
     "titles": {"1": "Load AudioStory models", "2": "Training data · your clips", "3": "Train LoRA",
