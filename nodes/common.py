@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -29,6 +30,12 @@ folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.model
 LORA_FOLDER = "audiostory_loras"   # models/loras/audiostory/: DiT LoRAs written by `python -m audiostory_core train`
 folder_paths.add_model_folder_path(LORA_FOLDER, os.path.join(folder_paths.models_dir, *LORA_SUBFOLDER))
 NO_LORA = "none"
+
+
+def pack_temp_dir() -> Path:
+    """The pack's folder under ComfyUI's temp directory (ComfyUI empties it at every start, so nothing kept
+    there outlives a restart): mux work files, the training latent cache."""
+    return Path(folder_paths.get_temp_directory()) / MODEL_FOLDER
 
 CATEGORY = "audio/AudioStory"
 

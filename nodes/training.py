@@ -5,7 +5,8 @@ They follow ComfyUI core's training nodes (``comfy_extras/nodes_train.py``): V3 
 step, Cancel checked every step, a loss-graph IMAGE, a separate save node and core's ``LOSS_MAP`` value
 (so core's "Plot Loss Graph" takes it too). The loop is the CLI's (``audiostory_core.training.trainer``):
 the same config, order, noise and loss, so a node run equals ``python -m audiostory_core train`` with the
-same settings. Nothing is written until the Save node runs, so a cancelled run leaves no file.
+same settings. No LoRA file is written until the Save node runs, so a cancelled run leaves none (only the
+latent cache: each clip's VAE latents, under ComfyUI's temp folder, which ComfyUI empties at every start).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ..audiostory_core.training.video_rows import CaptionSource
 from ..audiostory_core.training.trainer import TrainData, Trainer, conditioning, lora_state, require_peft
 from . import comfy_models as cm
 from . import model_choices
-from .common import CATEGORY, LORA_FOLDER, Planner, make_hooks
+from .common import CATEGORY, LORA_FOLDER, Planner, make_hooks, pack_temp_dir
 from .training_steps import (DEFAULT_SCHEDULE, LIMITS, NO_DATASET, SCHEDULE_CHOICES, TrainedLora, TrainingData,
                              check_prefix, dataset_choices, loss_graph, next_lora_path, report_text,
                              resolve_dataset, train_config)
@@ -40,6 +41,13 @@ TrainingDataType = io.Custom("AUDIOSTORY_TRAINING_DATA")
 LoraType = io.Custom("AUDIOSTORY_LORA")
 LossMap = io.Custom("LOSS_MAP")      # core's type: {"loss": [float per step]}
 NO_VLM = "none"
+LATENT_CACHE = "latent_cache"        # under pack_temp_dir(): one file per clip, VAE and seed (the CLI's cache)
+
+
+def latent_cache_dir() -> Path:
+    """Where Train LoRA keeps each clip's latents, so a second run (other steps, learning rate, rank) encodes
+    no clip again. In ComfyUI's temp folder: emptied at every ComfyUI start, it cannot grow without bound."""
+    return pack_temp_dir() / LATENT_CACHE
 
 
 def _datasets() -> list[str]:
@@ -142,8 +150,10 @@ class AudioStoryTrainLora(io.ComfyNode):
             display_name="AudioStory Train LoRA",
             category=TRAIN_CATEGORY,
             description="Trains a LoRA on the DiT with your clips (the CLI's `train --mode dit`: frozen planner "
-                        "conditioning, rectified-flow loss). Cancel stops it between steps; nothing is written "
-                        "until AudioStory Save LoRA runs. Needs the peft library (pip install peft).",
+                        "conditioning, rectified-flow loss). Cancel stops it between steps; no LoRA file is "
+                        "written until AudioStory Save LoRA runs. Each clip is encoded once: its latents are cached in "
+                        "ComfyUI's temp folder (emptied when ComfyUI starts), so a rerun with other settings "
+                        "starts training at once. Needs the peft library (pip install peft).",
             inputs=[
                 Planner.Input("planner", tooltip="From the AudioStory Model Loader (frozen: conditions each clip)."),
                 io.Model.Input("model", tooltip="The AudioStory DiT from the Model Loader; a copy is trained, the "
@@ -204,7 +214,10 @@ def _train(planner, dit, vae, data: TrainingData, cfg, hooks) -> tuple[dict, lis
     tokens = conditioning(pl, data.examples)
     hooks.check()
     cm.load([vae.patcher])
-    latents = cached_latents(vae.diffusers_vae, data.examples, int(dit.config.audio_seq_len), HOP, cfg.seed)
+    cache = latent_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    latents = cached_latents(vae.diffusers_vae, data.examples, int(dit.config.audio_seq_len), HOP, cfg.seed,
+                             cache_dir=cache)
     hooks.check()
     device = mm.get_torch_device()
     weights = sum(p.numel() for p in dit.parameters()) * 4

@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 import comfy.model_management as mm
-import folder_paths
 from comfy_api.latest import InputImpl, io, ui
 
 from ..audiostory_core.media.captioning import VisionCaptioner
@@ -22,7 +21,7 @@ from ..audiostory_core.media.video import SceneList
 from . import comfy_models as cm
 from . import model_choices
 from .common import CATEGORY as BASE_CATEGORY
-from .common import Plan, Planner, Scenes, make_hooks, node_perf, reference_input
+from .common import Plan, Planner, Scenes, make_hooks, node_perf, pack_temp_dir, reference_input
 from .widgets import setting_input
 from .layout import audio_from_dict
 from .scenes import EXISTING_AUDIO, MUX_POLICIES
@@ -198,7 +197,7 @@ class AudioStoryMuxVideo(io.ComfyNode):
         from ..audiostory_core.media.mux import mux_audio_onto_video
 
         wave, sr = audio_from_dict(audio)
-        work = Path(folder_paths.get_temp_directory()) / "audiostory"
+        work = pack_temp_dir()
         src = video_source_file(video, work)
         mm.throw_exception_if_processing_interrupted()
         ext = Path(src).suffix.lower() if Path(src).suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".m4v") else ".mkv"

@@ -273,8 +273,57 @@ def test_after_a_run_blocks_show_waveforms_scores_a_playhead_and_a_click_rerolls
     assert first[1].shape == second[1].shape and not np.array_equal(first[1], second[1])
     page.wait_for_function(f"() => ({WAVE_PIXELS_JS})().every((n) => n > 0)", timeout=60_000)
     page.screenshot(path=str(artifacts / "timeline_rerolled.png"))
+    _after_a_reload_the_last_run_is_drawn_until_the_plan_changes(page, server, ids["timeline"], artifacts)
     assert not browser_page.about_pack(since), browser_page.about_pack(since)
     assert not [m for m in browser_page.console[since[0]:] if "pageerror" in m], browser_page.console[since[0]:]
+
+
+SCORES_JS = """() => Array.from(document.querySelectorAll('.as-tl-block'))
+  .map((b) => b.querySelector('.as-tl-score')?.textContent ?? null)"""
+
+
+def _timeline_of(workflow: dict, node_id) -> dict:
+    return next(n for n in workflow["nodes"] if n["id"] == node_id)
+
+
+def _fresh_page_with(page, server, workflow) -> None:  # noqa: F811
+    """Reload the page (this page's run results are gone with it) and load ``workflow`` as a file drop does."""
+    wb.open_comfy(page, server.base)
+    wb.load_workflow(page, workflow)
+    page.wait_for_selector(".as-tl-block[data-index='2']", timeout=30_000)
+
+
+def _after_a_reload_the_last_run_is_drawn_until_the_plan_changes(page, server, timeline_id, artifacts):  # noqa: F811
+    """The run's waveforms and scores are saved with the workflow: after a page reload (the frontend restores the
+    open workflow) and in a fresh page that loads the saved file they are drawn again; once the plan changes they
+    are gone, and a reload of that workflow shows none."""
+    pixels, scores = page.evaluate(WAVE_PIXELS_JS), page.evaluate(SCORES_JS)
+    assert all(n > 0 for n in pixels) and all(scores), (pixels, scores)
+    saved = page.evaluate("() => window.app.graph.serialize()")
+    assert len(json.dumps(_timeline_of(saved, timeline_id)["properties"])) < 100_000     # bounded: 3 events here
+    wb.open_comfy(page, server.base)            # a page reload: the frontend restores the open workflow
+    page.wait_for_selector(".as-tl-block[data-index='2']", timeout=30_000)
+    page.wait_for_function(f"() => ({WAVE_PIXELS_JS})().every((n) => n > 0)", timeout=30_000)
+    assert page.evaluate(SCORES_JS) == scores
+    page.screenshot(path=str(artifacts / "timeline_reloaded.png"))
+    _fresh_page_with(page, server, saved)       # the saved workflow in a fresh page
+    page.wait_for_function(f"() => ({WAVE_PIXELS_JS})().every((n) => n > 0)", timeout=30_000)
+    assert page.evaluate(WAVE_PIXELS_JS) == pixels and page.evaluate(SCORES_JS) == scores
+    # a plan change (event 3 lasts 3.5 s instead of 3.0 s): no block shows the old run, and the workflow no longer
+    # carries it (a reload shows none, even for the blocks whose events are unchanged)
+    page.evaluate("""(id) => {
+      const w = window.app.graph.getNodeById(id).widgets.find((x) => x.name === "plan_json");
+      const plan = JSON.parse(w.value);
+      plan.events[2].duration = 3.5;
+      w.value = JSON.stringify(plan, null, 2);
+    }""", timeline_id)
+    page.wait_for_function("() => document.querySelectorAll('.as-tl-block').length === 3")
+    assert page.evaluate(WAVE_PIXELS_JS) == [None] * 3 and page.evaluate(SCORES_JS) == [None] * 3
+    edited = page.evaluate("() => window.app.graph.serialize()")
+    assert set(_timeline_of(edited, timeline_id)["properties"]) < set(_timeline_of(saved, timeline_id)["properties"])
+    _fresh_page_with(page, server, edited)
+    page.wait_for_timeout(1500)                 # the limits fetch and the first draw
+    assert page.evaluate(WAVE_PIXELS_JS) == [None] * 3 and page.evaluate(SCORES_JS) == [None] * 3
 
 
 def test_an_invalid_selection_is_refused_by_the_timeline_not_routed(server):  # noqa: F811

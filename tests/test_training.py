@@ -88,6 +88,65 @@ def test_bad_lines_are_reported_one_by_one_and_the_rest_is_used(tmp_path):
     assert examples[1].plan is examples[2].plan and examples[1].plan.instruction == "A street."
 
 
+class _CountingVAE(torch.nn.Module):
+    """A stand-in VAE with the Oobleck interface (one latent frame per HOP samples, 64 channels) that counts
+    its encodes: the count is the observable that a cached clip is not encoded again."""
+
+    config = {"sampling_rate": 44100, "audio_channels": 2}
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Conv1d(2, 128, kernel_size=2048, stride=2048)
+        self.encodes = 0
+
+    def encode(self, x):
+        from types import SimpleNamespace
+
+        self.encodes += 1
+        mean, log_std = self.proj(x).chunk(2, dim=1)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=mean, std=log_std.clamp(-4, 0).exp()))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty", "wrong shape", "not finite",
+                                    "oversized"])
+def test_a_bad_latent_cache_file_is_encoded_again_and_replaced(tmp_path, damage):
+    """A cache file that does not parse or does not hold finite [frames, 64] float32 latents is neither used nor
+    fatal: the clip is encoded again (one more encode), the same latents come back, and the file is rewritten."""
+    from safetensors.torch import load_file, save_file
+
+    from audiostory_core.models.config import HOP
+    from audiostory_core.training.datasets import cached_latents
+
+    frames = 4
+    wave = torch.sin(torch.arange(2 * frames * HOP, dtype=torch.float32) / 7).reshape(2, -1)
+    ex = TrainExample(StoryPlan("a tone", "", [StoryEvent("a tone", 0.2)]), 0, wave, "tone")
+    vae = _CountingVAE()
+    first = cached_latents(vae, [ex], frames, HOP, seed=1, cache_dir=tmp_path)[0]
+    (path,) = tmp_path.glob("*.safetensors")
+    assert vae.encodes == 1 and tuple(first.shape) == (frames, 64)
+    assert cached_latents(vae, [ex], frames, HOP, seed=1, cache_dir=tmp_path)[0].equal(first)
+    assert vae.encodes == 1, "a sound cache file must be read, not encoded again"
+
+    good = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "not safetensors":
+        path.write_bytes(b"\xff" * len(good))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "wrong shape":
+        save_file({"latents": torch.zeros(frames + 1, 64)}, str(path))
+    elif damage == "not finite":
+        save_file({"latents": torch.full((frames, 64), float("nan"))}, str(path))
+    else:       # the right tensor followed by 1 MB: over the size one entry can have, not read whole
+        path.write_bytes(good + b" " * 2 ** 20)
+    again = cached_latents(vae, [ex], frames, HOP, seed=1, cache_dir=tmp_path)[0]
+    assert vae.encodes == 2, f"a {damage} cache file was used instead of encoding the clip"
+    assert again.equal(first)                      # the same seeded posterior sample
+    assert path.read_bytes() == good and load_file(str(path))["latents"].equal(first)   # replaced
+
+
 # ---------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def clips(tiny_pipeline):

@@ -3,8 +3,10 @@
 Checks: a data set with bad lines is read with each skipped line named on the node; a few training steps
 write one LoRA file into models/loras/audiostory/ with its settings in the metadata; that LoRA, picked on the
 Model Loader, changes the next render while strength 0 renders the base exactly (and the model the trainer
-was given is left untouched: a render with it after training equals a fresh load at strength 0); Cancel
-(/interrupt) during training leaves no file; a prefix with a folder is refused before anything runs.
+was given is left untouched: a render with it after training equals a fresh load at strength 0); a second run
+with other settings encodes no clip (the latent cache in ComfyUI's temp folder; counted by ``tests/vae_spy.py``)
+and trains as the first; Cancel (/interrupt) during training leaves no file; a prefix with a folder is refused
+before anything runs.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from test_comfyui_e2e import API_DIR, _error_of, _files, _ui_text, comfy  # noqa: F401  (comfy: the fixture)
+import comfy_server
+from test_comfyui_e2e import API_DIR, _error_of, _files, _ui_text
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = "audiostory_train_example"
@@ -25,7 +28,13 @@ EXAMPLE = "audiostory_train_example"
 # Flux_detokenizer/, whose VAE is a random one of the same config with encoder_hidden_size 128 (64 channels).
 TRAINABLE = "Trainable"
 TRAINING_STARTED = "AudioStory: training a rank-"     # nodes/training.py logs it when the step loop starts
-LOADER, DATA, TRAIN, SAVE, PREVIEW = "1", "10", "11", "12", "13"
+LOADER, DATA, TRAIN, SAVE, PREVIEW, LOSSES = "1", "10", "11", "12", "13", "14"
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory, shared_root):
+    yield from comfy_server.serve(tmp_path_factory.mktemp("comfy"), shared_root,
+                                  extra_nodes=[Path(__file__).with_name("vae_spy.py")])
 
 
 def _train_prompt(dataset: str, prefix: str, steps: int = 4, lr: float = 1e-2) -> dict:
@@ -41,7 +50,19 @@ def _train_prompt(dataset: str, prefix: str, steps: int = 4, lr: float = 1e-2) -
                            "bf16": False, "gradient_checkpointing": False}},
         SAVE: {"class_type": "AudioStorySaveLora", "inputs": {"lora": [TRAIN, 0], "filename_prefix": prefix}},
         PREVIEW: {"class_type": "PreviewImage", "inputs": {"images": [TRAIN, 1]}},
+        LOSSES: {"class_type": "PreviewAny", "inputs": {"source": [TRAIN, 2]}},    # core's node: the LOSS_MAP as JSON
     }
+
+
+def _losses(entry) -> list[float]:
+    return json.loads(entry["outputs"][LOSSES]["text"][0])["loss"]
+
+
+def _cache_files(c) -> dict[str, tuple[int, int]]:
+    """(inode, mtime in ns) of each latent cache file (in ComfyUI's temp folder, which ``--temp-directory T``
+    puts at T/temp): a rewrite (atomic: a new file) changes both."""
+    files = (c.root / "temp").glob("**/audiostory/latent_cache/*.safetensors")
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in files}
 
 
 def _render_prompt(lora: str, strength: float, seed: int, prefix: str) -> dict:
@@ -161,6 +182,22 @@ def test_training_writes_one_lora_with_its_settings(comfy, trained):  # noqa: F8
     assert "4 steps on 2 clips" in _ui_text(entry, TRAIN)
 
 
+def test_a_second_run_encodes_no_clip_and_trains_as_the_first(comfy, trained):
+    """Steps 4 -> 2 (same seed and learning rate): no VAE encode, no cache file rewritten, and its two losses are
+    the first run's first two exactly (constant schedule: a step's loss depends only on the steps before it)."""
+    first_entry, _ = trained
+    first = _losses(first_entry)
+    assert len(first) == 4
+    assert comfy.get("/audiostory-test/vae-encodes?reset=1")["encodes"] == 2, "the first run encodes its 2 clips"
+    before = _cache_files(comfy)
+    assert len(before) == 2, before
+    entry = comfy.run(_train_prompt("mixed_sounds", f"again_{uuid.uuid4().hex[:6]}", steps=2))
+    assert entry["status"]["status_str"] == "success", _error_of(entry)
+    assert comfy.get("/audiostory-test/vae-encodes")["encodes"] == 0, "a cached clip was encoded again"
+    assert _cache_files(comfy) == before
+    assert _losses(entry) == first[:2]
+
+
 def test_trained_lora_changes_the_render_and_strength_zero_is_the_base(comfy, trained):  # noqa: F811
     _, prefix = trained
     name = f"{prefix}_00001.safetensors"
@@ -214,7 +251,7 @@ def test_cancel_during_training_writes_nothing(trainable):
 def test_a_prefix_with_a_folder_is_refused_before_running(trainable):
     comfy = trainable
     api = _train_prompt(EXAMPLE, "../escape")
-    api.pop(PREVIEW)          # with a valid output left, ComfyUI would queue the rest and report only the save
+    api.pop(PREVIEW), api.pop(LOSSES)   # with a valid output left, ComfyUI would queue the rest and report only the save
     code, r = comfy.post("/prompt", {"prompt": api, "client_id": "t"})
     assert code == 400 and "filename_prefix" in json.dumps(r), r
     for hostile in ("../input", "/etc", "~", str(comfy.root / "input" / EXAMPLE), f"{EXAMPLE}/../{EXAMPLE}",

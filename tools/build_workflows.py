@@ -534,7 +534,9 @@ PRESENTATION["audiostory_timeline"] = {
              "breaks. Paste a Planner's plan_json into the timeline to start from a generated plan.\n\n"
              "**Re-roll:** click (shift-click) blocks to select events, then queue: the second sampler re-renders "
              "only those (seed 7), every other event keeps its latent; with nothing selected the first render "
-             "passes through. The save writes the story (FLAC) and, in `<name>_stems/`, one WAV per event, "
+             "passes through. After a run each block shows its clip's waveform (and CLAP score with a Score "
+             "node), saved with the workflow until the plan changes; a click on a block also plays the story "
+             "from the block's start in the save node's player (shift-click only selects). The save writes the story (FLAC) and, in `<name>_stems/`, one WAV per event, "
              "stems.json (offsets), labels.txt (Audacity) and cues.vtt (WebVTT).\n\n" + MODELS_NOTE),
     "titles": {"1": "Load AudioStory models", "2": "Timeline · shape the story", "3": "Event tokens",
                "4": "Sampler · first render", "5": "Sampler · re-roll the selected events", "6": "Decode",
@@ -545,14 +547,17 @@ PRESENTATION["audiostory_timeline"] = {
 }
 PRESENTATION["audiostory_train_lora"] = {
     "card": "A LoRA on your own clips. Needs: AudioStory models, peft",
-    "file": "AudioStory - Train your sounds",      # the card fits 31 characters (test_browser)
+    # Issue #25's "Train on your own sounds" is clipped on the card (its title is one line of 254 px at 1600x900,
+    # frontend 1.35; that name needs about 267, this one 234; test_browser checks that every title is whole).
+    "file": "AudioStory - Train on your sounds",
     "note": ("## Train on your own sounds\nPut a folder under ComfyUI's `input/` with your clips and a "
              "`captions.jsonl` (one line per clip: `{\"audio\": \"rain.wav\", \"caption\": \"soft rain on a "
              "roof\"}`), pick it in **Training data** (press R to refresh the list); lines that cannot be used "
              "are listed on the node with the reason. The example `audiostory_train_example/` (three generated "
              "CC0 clips) is copied there by the pack.\n\n**Train LoRA** trains a LoRA on the DiT as "
              "`python -m audiostory_core train --mode dit` does (same defaults; Cancel stops it between steps "
-             "and writes nothing). **Save LoRA** writes `models/loras/audiostory/<prefix>_00001.safetensors`: "
+             "and writes no LoRA; each clip's latents are cached in ComfyUI's temp folder, so a rerun with other "
+             "settings encodes no clip). **Save LoRA** writes `models/loras/audiostory/<prefix>_00001.safetensors`: "
              "pick it in **Load AudioStory models > lora** of any other workflow (strength 0 = the base model)."
              "\n\nNeeds the `peft` library (`pip install peft`).\n\n" + MODELS_NOTE),
     "titles": {"1": "Load AudioStory models", "2": "Training data · your clips", "3": "Train LoRA",

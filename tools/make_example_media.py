@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 VIDEO_NAME, VIDEO_CUTS, VIDEO_SECONDS, VIDEO_SIZE = "audiostory_example.mp4", [2.0], 4.0, (320, 180)
 AUDIO_NAME, AUDIO_SECONDS, AUDIO_RATE = "audiostory_continue_example.wav", 4.0, 44100
-# The training example (the "Train your sounds" template): short mono clips and their captions.
+# The training example (the "Train on your sounds" template): short mono clips and their captions.
 TRAIN_DIR, TRAIN_MANIFEST, TRAIN_RATE, TRAIN_SECONDS = "audiostory_train_example", "captions.jsonl", 22050, 1.0
 TRAIN_CLIPS = (("rain.wav", "soft rain falls on a tin roof"), ("beep.wav", "a steady electronic beep"),
                ("chirp.wav", "a small bird chirps twice"))

@@ -6,7 +6,8 @@
 // errors are the message /prompt itself gives (POST /audiostory/timeline/check): nothing is re-typed here.
 // Plain DOM: blocks are <div>s laid out by CSS, coloured by ComfyUI's palette variables; after a run each
 // block gets a <canvas> with its clip's waveform (peaks sent by AudioStoryDecode in its UI output) and its CLAP
-// score (AudioStoryScore), shown only while the plan still has the rendered events (nodes/peaks.py). A playhead
+// score (AudioStoryScore), shown only while the plan still has the rendered events (nodes/peaks.py); the last
+// run's are kept in the node's properties, so a saved or reloaded workflow draws them again. A playhead
 // follows the audio player of AudioStorySaveAudio (web/audiostory.js); a click on a block selects it and plays
 // the story from the block's start (shift-click only toggles the selection).
 import { app } from "../../scripts/app.js";
@@ -17,6 +18,7 @@ const WIDGET_TYPE = "AUDIOSTORY_TIMELINE";
 const MIN_VIEW_SECONDS = 8;
 const PLAYER_NODE = "AudioStorySaveAudio";
 const KEPT_RESULTS = 8;          // runs remembered (per plan) for timelines showing an older plan
+const SAVED_RUN = "audiostory_last_run";   // node.properties key: {events, peaks, scores} of its plan's last run
 let limitsPromise = null;
 const timelines = new Set();     // live widgets, re-drawn when a run's results arrive
 const results = new Map();       // events key -> {peaks, scores}: the latest run's, per plan
@@ -107,6 +109,16 @@ function remember(key, part, value) {
   while (results.size > KEPT_RESULTS) results.delete(results.keys().next().value);
 }
 
+// Per-event peaks and scores cut to the pack's limits (a run's message and a loaded workflow are both input).
+function cleanPeaks(peaks, events, l) {
+  return (Array.isArray(peaks) ? peaks : []).slice(0, Math.min(events, l.max_events))
+    .map((a) => (Array.isArray(a) ? a.slice(0, 2 * l.peak_pairs).map(Number) : []));
+}
+
+function cleanScores(scores, events, l) {
+  return (Array.isArray(scores) ? scores : []).slice(0, Math.min(events, l.max_events)).map(Number);
+}
+
 // A run's UI output, as ComfyUI's "executed" message carries it (also for cached nodes): keep the per-event
 // peaks and scores (bounded by the pack's limits), note which save node has the audio, re-draw the timelines.
 async function onExecuted(detail) {
@@ -115,13 +127,10 @@ async function onExecuted(detail) {
   const l = await limits();
   const valid = (p) => p && Array.isArray(p.events) && p.events.length <= l.max_events;
   for (const p of (Array.isArray(out[l.peaks_key]) ? out[l.peaks_key] : []).slice(-1).filter(valid)) {
-    const peaks = (Array.isArray(p.peaks) ? p.peaks : []).slice(0, p.events.length)
-      .map((a) => (Array.isArray(a) ? a.slice(0, 2 * l.peak_pairs).map(Number) : []));
-    remember(eventsKey(p.events), "peaks", peaks);
+    remember(eventsKey(p.events), "peaks", cleanPeaks(p.peaks, p.events.length, l));
   }
   for (const p of (Array.isArray(out[l.scores_key]) ? out[l.scores_key] : []).slice(-1).filter(valid)) {
-    const scores = (Array.isArray(p.scores) ? p.scores : []).slice(0, p.events.length).map(Number);
-    remember(eventsKey(p.events), "scores", scores);
+    remember(eventsKey(p.events), "scores", cleanScores(p.scores, p.events.length, l));
   }
   const id = detail.display_node ?? detail.node;
   const node = app.graph?.getNodeById?.(id) ?? app.graph?.getNodeById?.(Number(id));
@@ -278,6 +287,29 @@ class Timeline {
     return crossfadeOf(this.node, this.limits?.default_crossfade ?? 0);
   }
 
+  // The last run's peaks and scores for ``plan``: this page's, else the ones saved on the node (a reloaded
+  // workflow). They stay in the node's properties (saved with the workflow) while they belong to its plan and
+  // are dropped once the plan changes, so a reload draws them again but never a stale waveform.
+  lastRun(plan) {
+    const key = planKey(plan);
+    const props = (this.node.properties ??= {});
+    const saved = props[SAVED_RUN];
+    if (!results.has(key) && saved?.events === key) {
+      const n = plan.events.length;
+      if (saved.peaks) remember(key, "peaks", cleanPeaks(saved.peaks, n, this.limits));
+      if (saved.scores) remember(key, "scores", cleanScores(saved.scores, n, this.limits));
+    }
+    const run = results.get(key);
+    if (run ? this.savedRun !== run : SAVED_RUN in props) {
+      if (run) props[SAVED_RUN] = { events: key, ...run };
+      else delete props[SAVED_RUN];
+      this.savedRun = run;
+      // The frontend keeps the open workflow (restored on reload) as of its last noticed change: note this one.
+      app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState?.();
+    }
+    return run ?? {};
+  }
+
   render(pps) {
     const plan = this.plan();
     this.track.replaceChildren();
@@ -301,7 +333,7 @@ class Timeline {
       this.ruler.appendChild(tick);
     }
     const cf = this.crossfade();
-    const run = results.get(planKey(plan)) ?? {};
+    const run = this.lastRun(plan);
     const scale = (run.peaks ?? []).flat().reduce((m, v) => (Number.isFinite(v) ? Math.max(m, Math.abs(v)) : m), 0);
     let start = 0;
     plan.events.forEach((ev, i) => {

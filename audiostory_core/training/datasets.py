@@ -256,23 +256,48 @@ def latent_cache_key(ex: TrainExample, vae_config: dict, frames: int, seed: int)
     return h.hexdigest()[:32]
 
 
+CACHE_HEADER_BYTES = 4096     # a cache file is one [frames, 64] float32 tensor plus a header far below this
+
+
+def read_cached_latents(path: Path, frames: int) -> Optional[torch.Tensor]:
+    """The latents stored at ``path``, or None when the file is missing, over the size one entry can have,
+    unparsable (truncated, foreign) or not a finite float32 [frames, 64] tensor: a cache file is never trusted
+    on its name alone, and a bad one is re-encoded and replaced rather than crashing the run or feeding it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    limit = frames * LATENT_CHANNELS * 4 + CACHE_HEADER_BYTES
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+        if len(raw) > limit:
+            return None
+        z = load(raw).get("latents")
+    except (OSError, SafetensorError, ValueError, RuntimeError):
+        return None
+    if z is None or z.dtype != torch.float32 or tuple(z.shape) != (frames, LATENT_CHANNELS) \
+            or not torch.isfinite(z).all():
+        return None
+    return z
+
+
 def cached_latents(vae, examples: list[TrainExample], frames: int, hop: int, seed: int,
                    cache_dir: Optional[Path] = None) -> list[torch.Tensor]:
     """Latents of every example; with ``cache_dir`` each is stored once (atomic write) and read back later."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import save
 
     out = []
     cfg = dict(vae.config)
     for ex in examples:
+        key = latent_cache_key(ex, cfg, frames, seed)
         path = None
         if cache_dir is not None:
-            path = Path(cache_dir) / f"{latent_cache_key(ex, cfg, frames, seed)}.safetensors"
-            if path.is_file():
-                z = load_file(str(path)).get("latents")
-                if z is not None and tuple(z.shape) == (frames, LATENT_CHANNELS):
-                    out.append(z)
-                    continue
-        g = torch.Generator().manual_seed(int(latent_cache_key(ex, cfg, frames, seed)[:15], 16))
+            path = Path(cache_dir) / f"{key}.safetensors"
+            z = read_cached_latents(path, frames)
+            if z is not None:
+                out.append(z)
+                continue
+        g = torch.Generator().manual_seed(int(key[:15], 16))
         z = encode_latents(vae, ex.wave, frames, hop, g)
         if path is not None:
             write_bytes_atomic(path, save({"latents": z.contiguous()}))   # unique temp names: ranks may race
