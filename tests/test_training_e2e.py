@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_training import FRAMES, _wav, need_peft
+from test_training import FRAMES, REPO, _free_port, _wav, need_peft
 from audiostory_core.errors import GenerationInterrupted
 from audiostory_core.progress import Hooks
 from audiostory_core.stages.event_tokens import event_tokens
@@ -206,3 +209,39 @@ def test_cli_train_e2e_writes_an_e2e_file_that_generate_lora_applies(tiny_root, 
     assert json.loads(lf.metadata["config"])["lm_weight"] == 0.5
     assert (tmp_path / "run" / "train_log.csv").read_text().splitlines()[0].endswith(",lm_loss,flow_loss")
     assert data.plans[0] is data.plans[1]
+
+
+def test_e2e_two_rank_torchrun_equals_one_process_with_the_same_global_batch(tiny_root, tiny_pipeline, two,
+                                                                              tmp_path):
+    """2 gloo ranks x batch 1 = one process x batch 2: the same per-step losses (both terms) and the same DiT LoRA,
+    LLM LoRA and bridge heads. DDP averages the ranks' gradients, one process averages the batch: equal up to
+    float summation order: losses within 1e-5 (relative) and LoRA weights within 1e-5; the heads within 1e-4
+    (measured 1.7e-5: AdamW divides by sqrt(v), which magnifies the order noise of their small gradients), while
+    training moved them by > 1e-3."""
+    need_peft()
+    data = tmp_path / "data.pt"
+    extra = dict(mode="e2e", llm_rank=8, llm_alpha=16.0, lm_weight=0.5, gradient_checkpointing=True)
+    torch.save({"mode": "e2e", "instructions": [p.instruction for p in two.plans], "captions": list(CAPTIONS),
+                "latents": torch.stack(two.latents), "seconds": torch.tensor(two.seconds), "lr": 3e-3, "seed": 3,
+                "config": extra}, data)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + sys.path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(REPO / "tests" / "training_run.py"), str(tiny_root), str(data),
+           str(tmp_path / "ddp"), "1", "3"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    planner, dit = _fresh(tiny_pipeline)
+    one = Trainer(dit, two, _config(steps=3, batch_size=2, **extra), tmp_path / "one", planner=planner).run()
+    log = [r.split(",") for r in (tmp_path / "ddp" / "train_log.csv").read_text().splitlines()[1:]]
+    assert [float(r[4]) for r in log] == pytest.approx(one.lm_losses, rel=1e-5)
+    assert [float(r[5]) for r in log] == pytest.approx(one.flow_losses, rel=1e-5)
+    a, b = read_lora(tmp_path / "ddp" / "lora.safetensors"), read_lora(one.lora_path)
+    assert max(float(b.heads[k].abs().max()) for k in b.heads) > 1e-3                # training moved the weights
+    for pa, pb in ((a.pairs, b.pairs), (a.llm_pairs, b.llm_pairs)):
+        assert set(pa) == set(pb) and pa
+        for k in pa:
+            for x, y in zip(pa[k], pb[k]):
+                assert torch.allclose(x, y, atol=1e-5), k
+    assert set(a.heads) == set(b.heads)
+    worst = max(float((a.heads[k] - b.heads[k]).abs().max()) for k in a.heads)
+    assert worst < 1e-4, worst
