@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_training import FRAMES, REPO, _free_port, _wav, need_peft
+from test_training import FRAMES, _wav, need_peft, two_rank_run
 from audiostory_core.errors import GenerationInterrupted
 from audiostory_core.progress import Hooks
 from audiostory_core.stages.event_tokens import event_tokens
@@ -224,12 +221,7 @@ def test_e2e_two_rank_torchrun_equals_one_process_with_the_same_global_batch(tin
     torch.save({"mode": "e2e", "instructions": [p.instruction for p in two.plans], "captions": list(CAPTIONS),
                 "latents": torch.stack(two.latents), "seconds": torch.tensor(two.seconds), "lr": 3e-3, "seed": 3,
                 "config": extra}, data)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + sys.path), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(REPO / "tests" / "training_run.py"), str(tiny_root), str(data),
-           str(tmp_path / "ddp"), "1", "3"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    two_rank_run(tiny_root, data, tmp_path / "ddp", steps=3)
     planner, dit = _fresh(tiny_pipeline)
     one = Trainer(dit, two, _config(steps=3, batch_size=2, **extra), tmp_path / "one", planner=planner).run()
     log = [r.split(",") for r in (tmp_path / "ddp" / "train_log.csv").read_text().splitlines()[1:]]
