@@ -30,3 +30,13 @@ def peak_rss_bytes() -> int:
         return peak
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB elsewhere
+
+
+def reset_peak() -> bool:
+    """Restart ``VmHWM`` at the current RSS (Linux: ``5`` into /proc/self/clear_refs), so a later peak is that of
+    the work after this call, not of the loading before it. False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True

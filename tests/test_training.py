@@ -264,17 +264,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_rank_run(root: Path, data: Path, out: Path, steps: int) -> None:
+    """tests/training_run.py under ``torchrun --nproc_per_node 2`` (gloo), batch 1 per rank."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + sys.path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(REPO / "tests" / "training_run.py"), str(root), str(data), str(out), "1",
+           str(steps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_two_rank_torchrun_equals_one_process_with_the_same_global_batch(tiny_root, tiny_pipeline, clips, tmp_path):
     need_peft()
     data = tmp_path / "data.pt"
     torch.save({"tokens": torch.stack(clips.tokens), "latents": torch.stack(clips.latents),
                 "seconds": torch.tensor(clips.seconds), "lr": 1e-3, "seed": 3}, data)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + sys.path), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(REPO / "tests" / "training_run.py"), str(tiny_root), str(data),
-           str(tmp_path / "ddp"), "1", "3"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    two_rank_run(tiny_root, data, tmp_path / "ddp", steps=3)
     one = Trainer(_dit(tiny_pipeline), clips, _config(steps=3, batch_size=2), tmp_path / "one").run()
     a, b = read_lora(tmp_path / "ddp" / "lora.safetensors"), read_lora(one.lora_path)
     assert set(a.pairs) == set(b.pairs)

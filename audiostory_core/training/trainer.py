@@ -279,7 +279,8 @@ def e2e_terms(planner, dit, seqs: Sequence[PlanSequence], events: Sequence[int],
             ids = torch.tensor([seq.ids], device=planner.device)
             h = llm.model(inputs_embeds=embed_prompt(llm, ids, None), use_cache=False).last_hidden_state[0]
             p = seq.prompt_len
-            logits = llm.lm_head(h[p - 1:-1]).float()
+            with torch.autocast(h.device.type, enabled=False):    # fp32 logits: bf16 has 8 mantissa bits
+                logits = llm.lm_head(h[p - 1:-1].to(llm.lm_head.weight.dtype)).float()
             done[id(seq)] = (torch.nn.functional.cross_entropy(logits, ids[0, p:]), h)
         loss, h = done[id(seq)]
         lm.append(loss)
