@@ -3,6 +3,7 @@ weight / gradient / AdamW-state bytes and activation memory, computed and checke
 
     PYTHONPATH=. python benchmarks/bench_training.py [--steps 5]
     PYTHONPATH=. python benchmarks/bench_training.py --real-root DIR [--modes dit,e2e] [--gradient-checkpointing]
+        [--timed-steps N]      # DIR: any model root (e.g. ../shared/fixtures/audiostory-tiny for the tiny e2e speed)
 
 Tiny size: the ``tiny`` DiT of official_layout.py (random weights, 176 latent frames), batch 1, each setting in
 its own process so that the peak RSS (VmHWM) is that setting's. Real size: the DiT is built on the meta device
@@ -110,8 +111,9 @@ class SavedBytes:
         return sum(self.seen.values())
 
 
-def real_step(root: str, mode: str, checkpointing: bool) -> dict:
-    """Load ``root`` for ``mode`` in fp32, take one training step (batch 1, full DiT window); see the module doc."""
+def real_step(root: str, mode: str, checkpointing: bool, timed_steps: int = 0) -> dict:
+    """Load ``root`` for ``mode`` in fp32, take one training step (batch 1, full DiT window); see the module doc.
+    ``timed_steps`` more steps after it give steps/s (the first step, with its allocations, is not timed)."""
     from benchmarks.rss import peak_rss_bytes, reset_peak, status_bytes
     from audiostory_core.models.config import locate
     from audiostory_core.models.loading import load_models
@@ -160,14 +162,18 @@ def real_step(root: str, mode: str, checkpointing: bool) -> dict:
         peak = peak_rss_bytes()
         state = sum(t.numel() * t.element_size() for st in tr.opt.state.values() for t in st.values()
                     if torch.is_tensor(t) and t.dim() > 0)
+        t2 = time.perf_counter()
+        for _ in range(timed_steps):
+            tr.train_step()
+        steps_per_s = timed_steps / (time.perf_counter() - t2) if timed_steps else None
     return {"mode": mode, "checkpointing": checkpointing, "total_params": total, "trainable_params": trainable,
             "weight_bytes": weight_bytes, "grad_bytes": train_bytes, "adamw_bytes": state,
             "activation_bytes": saved.total, "base_rss": base, "peak_increase": peak - base,
             "llm_tokens": seq, "dit_frames": fc.audio_seq_len, "load_s": load_s, "step_s": step_s,
-            "threads": torch.get_num_threads()}
+            "steps_per_s": steps_per_s, "timed_steps": timed_steps, "threads": torch.get_num_threads()}
 
 
-def real_table(root: str, modes: list[str], checkpointing: bool) -> None:
+def real_table(root: str, modes: list[str], checkpointing: bool, timed_steps: int = 0) -> None:
     """Each mode in its own process (its own peak); the measured table."""
     import os
 
@@ -177,13 +183,14 @@ def real_table(root: str, modes: list[str], checkpointing: bool) -> None:
     for mode in modes:
         cmd = [sys.executable, __file__, "--real-root", root, "--real-one", mode]
         cmd += ["--gradient-checkpointing"] if checkpointing else []
+        cmd += ["--timed-steps", str(timed_steps)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(f"{mode}: the step failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
             continue
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     gib, mib = 2 ** 30, 2 ** 20
-    print(f"real size, one training step on CPU, fp32 weights, batch 1, LoRA rank 8 (LLM rank 8), gradient "
+    print(f"{root}: one training step on CPU, fp32 weights, batch 1, LoRA rank 8 (LLM rank 8), gradient "
           f"checkpointing {'on' if checkpointing else 'off'}, MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}")
     print("| mode | params | trainable | weights GiB | grads MiB | AdamW state MiB | activations MiB (computed) | "
           "computed step total MiB | measured peak RSS increase MiB | measured / computed | LLM tokens | "
@@ -193,7 +200,10 @@ def real_table(root: str, modes: list[str], checkpointing: bool) -> None:
         print(f"| {r['mode']} | {r['total_params']:,} | {r['trainable_params']:,} | {r['weight_bytes'] / gib:.2f} | "
               f"{r['grad_bytes'] / mib:.1f} | {r['adamw_bytes'] / mib:.1f} | {r['activation_bytes'] / mib:.0f} | "
               f"{comp / mib:.0f} | {r['peak_increase'] / mib:.0f} | {r['peak_increase'] / comp:.2f} | "
-              f"{r['llm_tokens'] or '-'} | {r['dit_frames']} | {r['step_s']:.0f} |")
+              f"{r['llm_tokens'] or '-'} | {r['dit_frames']} | {r['step_s']:.3g} |")
+    for r in rows:
+        if r.get("steps_per_s"):
+            print(f"{r['mode']}: {r['steps_per_s']:.2f} steps/s over {r['timed_steps']} steps after the measured one")
     for r in rows:
         print(f"{r['mode']}: loaded-model RSS {r['base_rss'] / gib:.2f} GiB (load {r['load_s']:.0f} s), "
               f"{r['threads']} threads")
@@ -206,16 +216,18 @@ def main() -> None:
     ap.add_argument("--real-root", help="a real-size model root (only read): measure one step per mode")
     ap.add_argument("--modes", default="dit,e2e")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--timed-steps", type=int, default=0,
+                    help="with --real-root: this many more steps after the measured one, for steps/s")
     ap.add_argument("--real-one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one_setting(a.one, a.steps)))
         return
     if a.real_one:
-        print(json.dumps(real_step(a.real_root, a.real_one, a.gradient_checkpointing)))
+        print(json.dumps(real_step(a.real_root, a.real_one, a.gradient_checkpointing, a.timed_steps)))
         return
     if a.real_root:
-        real_table(a.real_root, a.modes.split(","), a.gradient_checkpointing)
+        real_table(a.real_root, a.modes.split(","), a.gradient_checkpointing, a.timed_steps)
         return
     print(f"tiny DiT LoRA training on CPU ({torch.get_num_threads()} threads), batch 1, rank 8, "
           f"{SIZES['tiny'].audio_seq_len} latent frames, {a.steps} timed steps")
